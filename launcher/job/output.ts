@@ -1,0 +1,195 @@
+/**
+ * Forwarding of the ranks' stdout and stderr to the launcher's own, whole lines at a time.
+ *
+ * Every rank stream goes through a LineForwarder that cuts its bytes at newlines and hands the sink
+ * only complete lines (many at once when it can), so two ranks' text never share a line: all writes
+ * happen on one event loop and each write is a run of whole lines. Bytes are kept as Buffers (binary
+ * safe). When the sink is full, the rank's stream is paused until it drains, so a rank that writes
+ * 100 MB waits for the terminal instead of filling memory. A partial last line is written when its
+ * stream ends. Tags follow each dialect: Hydra `-l` gives `[rank] `, Open MPI `--tag-output` gives
+ * `[1,rank]<stdout>:`, and `--timestamp-output` puts the ctime-style date first, as Open MPI does.
+ */
+import { createWriteStream, mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+
+export type StreamName = 'stdout' | 'stderr';
+
+export interface TagStyle {
+  dialect: 'hydra' | 'openmpi';
+  tag: boolean;
+  timestamp: boolean;
+}
+
+/** A line without a newline that grows past this is written anyway (binary output with no newlines). */
+const maxPendingLine = 1 << 20;
+
+/** The prefix of one line of `rank`'s `stream`, or null when lines go out untagged. */
+export function linePrefix(style: TagStyle, rank: number, stream: StreamName, now: Date = new Date()): string | null {
+  if (!style.tag && !style.timestamp) return null;
+  let prefix = '';
+  if (style.timestamp) prefix += ctime(now);
+  if (style.tag) prefix += style.dialect === 'openmpi' ? `[1,${rank}]<${stream}>:` : `[${rank}] `;
+  else if (style.dialect === 'hydra') prefix += ' ';
+  return prefix;
+}
+
+/** `Thu Nov 26 05:19:48 2026`, the form C's ctime() gives (and Open MPI prints), in local time. */
+function ctime(d: Date): string {
+  const days = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+  const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `${days[d.getDay()]} ${months[d.getMonth()]} ${String(d.getDate()).padStart(2, ' ')} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())} ${d.getFullYear()}`;
+}
+
+/** Where one rank stream's lines go: one or more sinks (the terminal, a per-rank file, or both). */
+export class LineForwarder {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  readonly done: Promise<void>;
+
+  constructor(
+    private readonly source: Readable,
+    private readonly sinks: Writable[],
+    private readonly prefix: () => string | null,
+  ) {
+    this.done = new Promise((resolve) => {
+      source.on('data', (chunk: Buffer) => this.onData(chunk));
+      // 'close' as well as 'end': a stream destroyed with an error ends without 'end'.
+      let finished = false;
+      const finish = () => {
+        if (finished) return;
+        finished = true;
+        this.flushPartial();
+        resolve();
+      };
+      source.on('end', finish);
+      source.on('close', finish);
+      source.on('error', finish);
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    const lastNewline = chunk.lastIndexOf(0x0a);
+    if (lastNewline < 0) {
+      this.hold(chunk);
+      if (this.pendingBytes > maxPendingLine) this.flushPartial();
+      return;
+    }
+    const whole = this.takePending(chunk.subarray(0, lastNewline + 1));
+    this.hold(chunk.subarray(lastNewline + 1));
+    this.write(this.tagLines(whole));
+  }
+
+  private hold(part: Buffer): void {
+    if (part.length === 0) return;
+    this.pending.push(Buffer.from(part));
+    this.pendingBytes += part.length;
+  }
+
+  private takePending(rest: Buffer): Buffer {
+    if (this.pendingBytes === 0) return rest;
+    const all = Buffer.concat([...this.pending, rest]);
+    this.pending = [];
+    this.pendingBytes = 0;
+    return all;
+  }
+
+  private flushPartial(): void {
+    if (this.pendingBytes === 0) return;
+    this.write(this.tagLines(this.takePending(Buffer.alloc(0))));
+  }
+
+  /** Puts the prefix before every line of `lines` (complete lines, except possibly the last). */
+  private tagLines(lines: Buffer): Buffer {
+    const prefix = this.prefix();
+    if (prefix === null) return lines;
+    const p = Buffer.from(prefix);
+    const parts: Buffer[] = [];
+    let start = 0;
+    while (start < lines.length) {
+      const nl = lines.indexOf(0x0a, start);
+      const end = nl < 0 ? lines.length : nl + 1;
+      parts.push(p, lines.subarray(start, end));
+      start = end;
+    }
+    return Buffer.concat(parts);
+  }
+
+  private write(data: Buffer): void {
+    let full = false;
+    for (const sink of this.sinks) if (!sink.write(data)) full = true;
+    if (!full) return;
+    this.source.pause();
+    let waiting = this.sinks.filter((s) => s.writableNeedDrain).length;
+    if (waiting === 0) {
+      this.source.resume();
+      return;
+    }
+    for (const sink of this.sinks.filter((s) => s.writableNeedDrain)) {
+      sink.once('drain', () => {
+        if (--waiting === 0) this.source.resume();
+      });
+    }
+  }
+}
+
+/** Options that decide where ranks' output goes, from the JobSpec. */
+export interface OutputOptions extends TagStyle {
+  /** Hydra -outfile-pattern / -errfile-pattern: %r rank, %g process group (0), %h clone hostname, %% a %. */
+  outfilePattern?: string;
+  errfilePattern?: string;
+  /** Open MPI --output-filename DIR: DIR/1/rank.N/stdout and stderr, and a copy on the terminal. */
+  outputDirectory?: string;
+}
+
+/** Expands a Hydra output file pattern for one rank. */
+export function expandPattern(pattern: string, rank: number, hostname: string): string {
+  return pattern.replace(/%([rgh%])/g, (_m, c: string) => (c === 'r' ? String(rank) : c === 'g' ? '0' : c === 'h' ? hostname : '%'));
+}
+
+/**
+ * The job's output: creates each rank's forwarders and per-rank files, and knows when all of them
+ * have finished (so the launcher exits only after the last byte is out).
+ */
+export class JobOutput {
+  private readonly forwarders: LineForwarder[] = [];
+  private readonly files: Writable[] = [];
+
+  constructor(
+    private readonly opts: OutputOptions,
+    private readonly terminal: { stdout: Writable; stderr: Writable },
+  ) {}
+
+  /** Forwards one rank's stdout and stderr. */
+  attach(rank: number, hostname: string, stdout: Readable, stderr: Readable): void {
+    this.forward(rank, hostname, 'stdout', stdout);
+    this.forward(rank, hostname, 'stderr', stderr);
+  }
+
+  private forward(rank: number, hostname: string, stream: StreamName, source: Readable): void {
+    const sinks: Writable[] = [];
+    const pattern = stream === 'stdout' ? this.opts.outfilePattern : this.opts.errfilePattern;
+    if (pattern) sinks.push(this.openFile(expandPattern(pattern, rank, hostname)));
+    else sinks.push(this.terminal[stream]);
+    if (this.opts.outputDirectory) sinks.push(this.openFile(join(this.opts.outputDirectory, '1', `rank.${rank}`, stream)));
+    // Files get the lines untagged, as Hydra and Open MPI write them.
+    const toTerminal = sinks.includes(this.terminal[stream]);
+    const prefix = () => (toTerminal ? linePrefix(this.opts, rank, stream) : null);
+    this.forwarders.push(new LineForwarder(source, sinks, prefix));
+  }
+
+  private openFile(path: string): Writable {
+    mkdirSync(dirname(path), { recursive: true });
+    const file = createWriteStream(path);
+    file.on('error', (e) => this.terminal.stderr.write(`sfmpirun: cannot write ${path}: ${e.message}\n`));
+    this.files.push(file);
+    return file;
+  }
+
+  /** Resolves when every stream has ended and every per-rank file is closed. */
+  async finished(): Promise<void> {
+    await Promise.all(this.forwarders.map((f) => f.done));
+    await Promise.all(this.files.map((f) => new Promise<void>((resolve) => f.end(resolve))));
+  }
+}
