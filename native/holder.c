@@ -1,0 +1,182 @@
+/*
+ * holder: creates the namespaces of one or more netns clones and holds them open.
+ *
+ *   holder [--share-tmp /tmp/NAME]... HOSTNAME...
+ *
+ * For each HOSTNAME, a child is cloned into new network, UTS, IPC, mount and PID namespaces. It is
+ * PID 1 of its PID namespace: it mounts a fresh /proc, a private /tmp and /dev/shm, sets the
+ * hostname, and then only reaps orphans until it is killed (which ends every process of the clone).
+ *
+ * Handshake with the engine, so that no clone can outlive a creator that did not record it:
+ * holder prints one host-visible PID per clone, then "ready". The engine writes the PIDs to the
+ * ticket's state record and answers "go" on stdin; holder then detaches and stays as the clones'
+ * parent, reaping them as they are killed. EOF (the engine died) or anything else kills them all.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_SHARED 16
+
+static const char *shared_tmp[MAX_SHARED];
+static int n_shared;
+
+/* Reports a setup failure of a clone over its ready pipe, then exits the clone. */
+static void fail(int ready, const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(buf, sizeof buf - 2, fmt, ap);
+  va_end(ap);
+  if (n < 0) n = 0;
+  if (n > (int)sizeof buf - 3) n = sizeof buf - 3;
+  n += snprintf(buf + n, sizeof buf - n, ": %s", strerror(errno));
+  if (write(ready, buf, n) < 0) { /* nothing left to tell */ }
+  _exit(1);
+}
+
+/* A private /tmp, except for the directories the caller works in (they stay the host's). */
+static void private_tmp(int ready) {
+  char keep[64];
+  for (int i = 0; i < n_shared; i++) {
+    snprintf(keep, sizeof keep, "/dev/shm/.sf-keep-%d", i);
+    if (mkdir(keep, 0700) < 0) fail(ready, "mkdir %s", keep);
+    if (mount(shared_tmp[i], keep, NULL, MS_BIND | MS_REC, NULL) < 0) fail(ready, "bind %s", shared_tmp[i]);
+  }
+  if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) fail(ready, "mount /tmp");
+  for (int i = 0; i < n_shared; i++) {
+    snprintf(keep, sizeof keep, "/dev/shm/.sf-keep-%d", i);
+    if (mkdir(shared_tmp[i], 0755) < 0 && errno != EEXIST) fail(ready, "mkdir %s", shared_tmp[i]);
+    if (mount(keep, shared_tmp[i], NULL, MS_MOVE, NULL) < 0) fail(ready, "move %s", shared_tmp[i]);
+    rmdir(keep);
+  }
+}
+
+static void setup_clone(const char *hostname, int ready) {
+  /* Slave, not private: the host's unmounts (ip netns delete) must still reach our copy, or our
+   * copy of another clone's /run/netns mount would keep that clone's network alive. */
+  if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) fail(ready, "make / rslave");
+  /* Nor should we hold copies of other namespaces' mounts at all. */
+  umount2("/run/netns", MNT_DETACH);
+  if (sethostname(hostname, strlen(hostname)) < 0) fail(ready, "sethostname %s", hostname);
+  if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) fail(ready, "mount /dev/shm");
+  private_tmp(ready);
+  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) fail(ready, "mount /proc");
+}
+
+/* PID 1 of the clone: orphans of the clone are reparented here and must be reaped. */
+static void be_init(void) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &set, NULL);
+  for (;;) {
+    siginfo_t si;
+    if (sigwaitinfo(&set, &si) < 0 && errno != EINTR) _exit(1);
+    while (waitpid(-1, NULL, WNOHANG) > 0) {}
+  }
+}
+
+static void quiet_stdio(void) {
+  int null = open("/dev/null", O_RDWR);
+  if (null < 0) return;
+  dup2(null, 0);
+  dup2(null, 1);
+  dup2(null, 2);
+  if (null > 2) close(null);
+}
+
+static pid_t start_clone(const char *hostname, int *ready_r) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) return -1;
+  fflush(NULL);
+  pid_t pid = (pid_t)syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNS | SIGCHLD,
+                             NULL, NULL, NULL, NULL);
+  if (pid < 0) {
+    close(p[0]);
+    close(p[1]);
+    return -1;
+  }
+  if (pid == 0) {
+    close(p[0]);
+    quiet_stdio();
+    setup_clone(hostname, p[1]);
+    if (write(p[1], "ok", 2) != 2) _exit(1);
+    close(p[1]);
+    be_init();
+  }
+  close(p[1]);
+  *ready_r = p[0];
+  return pid;
+}
+
+static void kill_all(pid_t *pids, int n) {
+  for (int i = 0; i < n; i++)
+    if (pids[i] > 0) kill(pids[i], SIGKILL);
+  while (wait(NULL) > 0 || errno == EINTR) {}
+}
+
+int main(int argc, char **argv) {
+  int first = 1;
+  while (first + 1 < argc && strcmp(argv[first], "--share-tmp") == 0) {
+    if (n_shared == MAX_SHARED) { fprintf(stderr, "holder: too many --share-tmp\n"); return 2; }
+    shared_tmp[n_shared++] = argv[first + 1];
+    first += 2;
+  }
+  int n = argc - first;
+  if (n < 1) { fprintf(stderr, "usage: holder [--share-tmp DIR]... HOSTNAME...\n"); return 2; }
+
+  pid_t *pids = calloc(n, sizeof *pids);
+  int *ready = calloc(n, sizeof *ready);
+  if (!pids || !ready) return 1;
+  /* Our own death before "go" must take the clones along; after "go" we detach on purpose. */
+  for (int i = 0; i < n; i++) {
+    pids[i] = start_clone(argv[first + i], &ready[i]);
+    if (pids[i] < 0) {
+      fprintf(stderr, "holder: cannot create namespaces for %s: %s\n", argv[first + i], strerror(errno));
+      kill_all(pids, i);
+      return 1;
+    }
+  }
+  for (int i = 0; i < n; i++) {
+    char buf[512];
+    ssize_t r;
+    do r = read(ready[i], buf, sizeof buf - 1); while (r < 0 && errno == EINTR);
+    close(ready[i]);
+    if (r != 2 || memcmp(buf, "ok", 2) != 0) {
+      buf[r > 0 ? r : 0] = 0;
+      fprintf(stderr, "holder: clone %s: %s\n", argv[first + i], r > 0 ? buf : "died during setup");
+      kill_all(pids, n);
+      return 1;
+    }
+  }
+  for (int i = 0; i < n; i++) printf("%d\n", (int)pids[i]);
+  printf("ready\n");
+  fflush(stdout);
+
+  char line[16] = {0};
+  ssize_t r;
+  do r = read(0, line, sizeof line - 1); while (r < 0 && errno == EINTR);
+  if (r < 2 || strncmp(line, "go", 2) != 0) {
+    kill_all(pids, n);
+    return 1;
+  }
+  quiet_stdio();
+  /* Stay as the clones' parent so that they are reaped when killed (PID 1 of the host may not reap). */
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGINT, SIG_IGN);
+  while (wait(NULL) > 0 || errno == EINTR) {}
+  return 0;
+}
