@@ -75,6 +75,10 @@ export class ExitPolicy {
     if (!this.stopped) this.stopped = { status, line };
   }
 
+  get wasStopped(): boolean {
+    return this.stopped !== null;
+  }
+
   get firstFailure(): RankOutcome | null {
     return this.first;
   }

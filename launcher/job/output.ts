@@ -162,12 +162,17 @@ export class JobOutput {
   ) {}
 
   /** Forwards one rank's stdout and stderr. */
-  attach(rank: number, hostname: string, stdout: Readable, stderr: Readable): void {
-    this.forward(rank, hostname, 'stdout', stdout);
-    this.forward(rank, hostname, 'stderr', stderr);
+  attach(rank: number, hostname: string, stdout: Readable, stderr: Readable, opts: { raw?: boolean } = {}): void {
+    this.forward(rank, hostname, 'stdout', stdout, opts.raw ?? false);
+    this.forward(rank, hostname, 'stderr', stderr, opts.raw ?? false);
   }
 
-  private forward(rank: number, hostname: string, stream: StreamName, source: Readable): void {
+  /** `raw`: the source is a launcher that already tags and files its ranks' lines (native launch). */
+  private forward(rank: number, hostname: string, stream: StreamName, source: Readable, raw: boolean): void {
+    if (raw) {
+      this.forwarders.push(new LineForwarder(source, [this.terminal[stream]], () => null));
+      return;
+    }
     const sinks: Writable[] = [];
     const pattern = stream === 'stdout' ? this.opts.outfilePattern : this.opts.errfilePattern;
     if (pattern) sinks.push(this.openFile(expandPattern(pattern, rank, hostname)));

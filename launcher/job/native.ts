@@ -1,0 +1,171 @@
+/**
+ * Native launch: the MPI implementation's own launcher runs on the host and starts its daemons inside
+ * the clones through our remote-shell shim (launcher/rsh-shim.ts), as if the clones were ssh hosts.
+ * Open MPI programs always go this way (Open MPI speaks no PMI-1); MPICH programs with --launch native
+ * go through Hydra's mpiexec. Both launchers are told to stay on the ticket's subnet, and their one
+ * control port, fixed in advance, is opened in the ticket's firewall so the daemons can call back.
+ */
+import { spawn } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Clone, CloneProcess, ExitStatus, Ticket } from '../../src/types.js';
+import { logger } from '../../src/log.js';
+import type { JobSpec } from './spec.js';
+import type { MpiKind } from './detect.js';
+import { userEnv } from './env.js';
+import { signalNumber, type RankOutcome } from './exit.js';
+
+const log = logger('native');
+
+export interface NativeContext {
+  job: JobSpec;
+  mpi: MpiKind;
+  programs: string[];
+  ticket: Ticket;
+  clones: Clone[];
+  engine: { openPort(ticket: Ticket, port: number): Promise<void>; readonly stateDir?: string };
+  env: NodeJS.ProcessEnv;
+}
+
+export interface NativeLaunch {
+  proc: CloneProcess;
+  /** Removes the hostfile and shim wrapper. */
+  dispose(): void;
+}
+
+/** Starts the implementation's launcher on the host; it stands for every rank of the job. */
+export async function launchNative(ctx: NativeContext): Promise<NativeLaunch> {
+  const dir = mkdtempSync(join(tmpdir(), `sfmpirun-${ctx.ticket.id}-`));
+  try {
+    const shim = writeShimWrapper(dir);
+    const port = await freePort(ctx.ticket.network.gateway);
+    await ctx.engine.openPort(ctx.ticket, port);
+    const ppn = Math.max(1, Math.ceil(ctx.job.np / ctx.clones.length), ctx.job.ranksPerClone);
+    const { argv, env } =
+      ctx.mpi === 'openmpi' ? openMpiCommand(ctx, dir, shim, port, ppn) : hydraCommand(ctx, dir, shim, port, ppn);
+    log.info(`native launch: ${argv.join(' ')}`);
+    const proc = hostProcess(argv, env, ctx.job.stdin !== 'none');
+    return { proc, dispose: () => rmSync(dir, { recursive: true, force: true }) };
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+/** The environment of the host launcher: the ranks' environment plus what the shim needs to find the ticket. */
+function launcherEnv(ctx: NativeContext): Record<string, string> {
+  const env = userEnv(ctx.job, { env: {} }, ctx.env);
+  env.PATH ??= ctx.env.PATH ?? '/usr/local/bin:/usr/bin:/bin';
+  env.SNOWFLOCK_TICKET = ctx.ticket.id;
+  if (ctx.engine.stateDir) env.SNOWFLOCK_STATE_DIR = ctx.engine.stateDir;
+  else if (ctx.env.SNOWFLOCK_STATE_DIR) env.SNOWFLOCK_STATE_DIR = ctx.env.SNOWFLOCK_STATE_DIR;
+  return env;
+}
+
+function openMpiCommand(ctx: NativeContext, dir: string, shim: string, port: number, ppn: number): { argv: string[]; env: Record<string, string> } {
+  const { job, ticket, clones } = ctx;
+  const hostfile = join(dir, 'hostfile');
+  writeFileSync(hostfile, clones.map((c) => `${c.address} slots=${ppn}\n`).join(''));
+  const subnet = ticket.network.subnet;
+  const argv = ['mpirun.openmpi', '--allow-run-as-root', '--oversubscribe', '--hostfile', hostfile];
+  argv.push('--mca', 'plm_rsh_agent', shim, '--mca', 'oob_tcp_if_include', subnet, '--mca', 'btl_tcp_if_include', subnet);
+  argv.push('--mca', 'oob_tcp_static_ipv4_ports', String(port));
+  // The daemons start through the shim, not ssh: no need to probe for a login shell or use a tree.
+  argv.push('--mca', 'plm_rsh_no_tree_spawn', '1', '--mca', 'plm_rsh_assume_same_shell', '1');
+  if (job.placement === 'cyclic') argv.push('--map-by', 'node');
+  if (job.tagOutput) argv.push('--tag-output');
+  if (job.timestampOutput) argv.push('--timestamp-output');
+  if (job.outputDirectory) argv.push('--output-filename', job.outputDirectory);
+  argv.push('--stdin', String(job.stdin));
+  job.apps.forEach((app, i) => {
+    if (i > 0) argv.push(':');
+    argv.push('-np', String(app.np), '--wdir', app.wdir);
+    for (const [k, v] of Object.entries(app.env)) argv.push('-x', `${k}=${v}`);
+    argv.push(ctx.programs[i]!, ...app.argv.slice(1));
+  });
+  return { argv, env: launcherEnv(ctx) };
+}
+
+function hydraCommand(ctx: NativeContext, dir: string, shim: string, port: number, ppn: number): { argv: string[]; env: Record<string, string> } {
+  const { job, ticket, clones } = ctx;
+  const hostfile = join(dir, 'hostfile');
+  writeFileSync(hostfile, clones.map((c) => `${c.address}:${ppn}\n`).join(''));
+  const argv = ['mpiexec.hydra', '-launcher', 'ssh', '-launcher-exec', shim, '-f', hostfile, '-localhost', ticket.network.gateway];
+  if (job.tagOutput) argv.push('-l');
+  if (job.outfilePattern) argv.push('-outfile-pattern', job.outfilePattern);
+  if (job.errfilePattern) argv.push('-errfile-pattern', job.errfilePattern);
+  job.apps.forEach((app, i) => {
+    if (i > 0) argv.push(':');
+    argv.push('-n', String(app.np), '-wdir', app.wdir);
+    for (const [k, v] of Object.entries(app.env)) argv.push('-env', k, v);
+    argv.push(ctx.programs[i]!, ...app.argv.slice(1));
+  });
+  // Hydra's proxies call back on this one port, which the ticket's firewall lets through.
+  return { argv, env: { ...launcherEnv(ctx), MPIEXEC_PORT_RANGE: `${port}:${port}` } };
+}
+
+/**
+ * The shim as one executable file: Open MPI and Hydra both want a program path. It runs the compiled
+ * shim next to this module, through tsx when the launcher itself runs from TypeScript sources.
+ */
+function writeShimWrapper(dir: string): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const fromSources = import.meta.url.endsWith('.ts');
+  const script = resolve(here, '..', fromSources ? 'rsh-shim.ts' : 'rsh-shim.js');
+  const loader = fromSources ? ' --import tsx' : '';
+  const path = join(dir, 'rsh');
+  // cd first: tsx resolves from the working directory's node_modules.
+  const cd = fromSources ? `cd ${shellQuote(resolve(here, '..', '..'))} && ` : '';
+  writeFileSync(path, `#!/bin/sh\n${cd}exec ${shellQuote(process.execPath)}${loader} ${shellQuote(script)} "$@"\n`);
+  chmodSync(path, 0o755);
+  return path;
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** A port that is free on the gateway now (the launcher binds it a moment later). */
+function freePort(host: string): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen({ host, port: 0 }, () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+/** A host process shaped like a clone process, so the job treats it like a rank. */
+function hostProcess(argv: string[], env: Record<string, string>, withStdin: boolean): CloneProcess {
+  const child = spawn(argv[0]!, argv.slice(1), { env, stdio: [withStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<ExitStatus>((resolveExit) => {
+    child.once('error', (e) => {
+      child.stderr?.push(`sfmpirun: cannot start ${argv[0]}: ${e.message}\n`);
+      resolveExit({ code: 127, signal: null });
+    });
+    child.once('close', (code, signal) => resolveExit({ code, signal }));
+  });
+  return {
+    stdin: child.stdin,
+    stdout: child.stdout!,
+    stderr: child.stderr!,
+    kill: (signal: NodeJS.Signals = 'SIGTERM') => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    },
+    exited,
+  };
+}
+
+/** The verdict when the native launcher stood for the ranks: its status, and a line when it failed. */
+export function nativeOutcome(o: RankOutcome, launcher: string): { status: number; line: string | null } {
+  if (o.signal) return { status: 128 + signalNumber(o.signal), line: `sfmpirun: ${launcher} was killed by signal ${signalNumber(o.signal)} (${o.signal})` };
+  const code = o.code ?? 0;
+  if (code === 0) return { status: 0, line: null };
+  return { status: code, line: `sfmpirun: ${launcher} exited with code ${code} (a rank failed; its messages are above)` };
+}
