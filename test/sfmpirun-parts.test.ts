@@ -76,6 +76,7 @@ describe('sfmpirun parts', () => {
       const f = new LineForwarder(p.stdout, [sink], () => null);
       p.stdin.end(data);
       await f.done;
+      await new Promise((resolve) => sink.end(resolve));
       expect(Buffer.concat(sink.writes).equals(data)).to.equal(true);
     });
 
