@@ -1,0 +1,107 @@
+/**
+ * What a guest needs to run a host program: the program and every shared library it loads, found
+ * with ldd, plus the plugins MPI runtimes open at run time (UCX transports, Open MPI and PMIx
+ * components) with their own libraries. Guest paths equal host paths, so the program, its
+ * libraries and its working directory are where the job expects them.
+ */
+import { closeSync, existsSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { UserError } from '../errors.js';
+
+export type MpiRuntime = 'mpich' | 'openmpi' | 'none';
+
+const LIBDIR = '/usr/lib/x86_64-linux-gnu';
+
+/** Directories of plugins loaded with dlopen; ldd cannot see them. */
+const PLUGIN_DIRS: Record<MpiRuntime, string[]> = {
+  none: [],
+  mpich: [`${LIBDIR}/ucx`],
+  openmpi: [`${LIBDIR}/ucx`, `${LIBDIR}/openmpi/lib/openmpi3`, `${LIBDIR}/pmix2/lib/pmix`],
+};
+
+/** Programs and data the runtime itself needs in the guest (Open MPI's daemon, help texts, defaults). */
+const RUNTIME_FILES: Record<MpiRuntime, string[]> = {
+  none: [],
+  mpich: [],
+  openmpi: ['/usr/bin/orted', '/usr/share/openmpi', '/etc/openmpi', `${LIBDIR}/openmpi/lib/libmca_common_ucx.so`],
+};
+
+export function pluginFiles(mpi: MpiRuntime): string[] {
+  const out: string[] = [];
+  for (const dir of PLUGIN_DIRS[mpi]) {
+    if (!existsSync(dir)) continue;
+    for (const f of readdirSync(dir).sort()) if (/\.so(\.\d+)*$/.test(f)) out.push(join(dir, f));
+  }
+  return out;
+}
+
+export function runtimeFiles(mpi: MpiRuntime): string[] {
+  return RUNTIME_FILES[mpi].filter((p) => existsSync(p));
+}
+
+export function isElf(path: string): boolean {
+  try {
+    if (!statSync(path).isFile()) return false;
+    const head = Buffer.alloc(4);
+    const fd = openSync(path, 'r');
+    try {
+      readSync(fd, head, 0, 4, 0);
+    } finally {
+      closeSync(fd);
+    }
+    return head.toString('latin1') === '\x7fELF';
+  } catch {
+    return false;
+  }
+}
+
+/** The libraries ldd resolves for `file`, and the names it cannot find. */
+export async function lddLibraries(file: string): Promise<{ libs: string[]; missing: string[] }> {
+  const r = await execa('ldd', [file], { reject: false, env: { LC_ALL: 'C' } });
+  const libs: string[] = [];
+  const missing: string[] = [];
+  const text = `${r.stdout ?? ''}`;
+  if (/not a dynamic executable|statically linked/.test(text + (r.stderr ?? ''))) return { libs, missing };
+  for (const line of text.split('\n')) {
+    const notFound = /^\s*(\S+) => not found/.exec(line);
+    if (notFound) {
+      missing.push(notFound[1]);
+      continue;
+    }
+    const m = /=>\s+(\/\S+)/.exec(line) ?? /^\s*(\/\S+)\s+\(/.exec(line);
+    if (m) libs.push(m[1]);
+  }
+  return { libs, missing };
+}
+
+/**
+ * The whole closure of the job's programs and its MPI runtime. A program whose libraries cannot be
+ * found is the user's error (one line naming them); a plugin with missing libraries (say, an
+ * InfiniBand transport on a host without rdma-core) is left out, as the runtime skips it too.
+ */
+export async function closure(programs: string[], mpi: MpiRuntime): Promise<string[]> {
+  const files = new Set<string>();
+  for (const p of programs) {
+    if (!existsSync(p)) throw new UserError(`program ${p} does not exist; give the path of a built program`);
+    files.add(p);
+    if (!isElf(p)) continue;
+    const { libs, missing } = await lddLibraries(p);
+    if (missing.length) {
+      throw new UserError(
+        `program ${p} needs libraries that cannot be found: ${missing.join(', ')}; install them or set LD_LIBRARY_PATH`,
+      );
+    }
+    libs.forEach((l) => files.add(l));
+  }
+  const extra = [...runtimeFiles(mpi), ...pluginFiles(mpi)];
+  const elves = extra.filter((f) => statSync(f).isFile() && isElf(f));
+  const results = await Promise.all(elves.map(async (f) => ({ f, ...(await lddLibraries(f)) })));
+  for (const f of extra) if (!elves.includes(f)) files.add(f);
+  for (const r of results) {
+    if (r.missing.length) continue;
+    files.add(r.f);
+    r.libs.forEach((l) => files.add(l));
+  }
+  return [...files];
+}
