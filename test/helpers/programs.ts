@@ -6,14 +6,20 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export type Mpi = 'mpich' | 'openmpi';
 
-const here = dirname(fileURLToPath(import.meta.url));
-export const sourceDir = resolve(here, '../programs');
-export const buildDir = resolve(here, '../.build');
+/** The repository root, whether this runs from test/helpers or compiled under dist/ (benchmarks). */
+function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
+  return dir;
+}
+const root = repoRoot();
+export const sourceDir = join(root, 'test/programs');
+export const buildDir = join(root, 'test/.build');
 
 const compilers: Record<Mpi, string> = { mpich: 'mpicc.mpich', openmpi: 'mpicc.openmpi' };
 const built = new Map<string, string>();

@@ -1,0 +1,117 @@
+/**
+ * Startup overhead of sfmpirun against the native launchers, side by side in one run:
+ *   sfmpirun --provider netns -np N hello   (MPICH hello through our PMI server, N fresh clones)
+ *   mpiexec.hydra -n N hello                (MPICH's own launcher, on the host)
+ *   mpirun.openmpi -np N hello              (Open MPI's own launcher, on the host, its own hello)
+ * for N = 1, 8, 32. Each round runs every launcher once, in turn, so that the machine's load falls on
+ * all of them alike; the medians and the ratios sfmpirun / native go to benchmarks/out/mpirun.json and
+ * to the mpirun section of benchmarks/RESULTS.md.
+ *
+ * Run: npx tsc -p . && node dist/benchmarks/mpirun.js [rounds]   (or: npx tsx benchmarks/mpirun.ts)
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { program } from '../test/helpers/programs.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, import.meta.url.endsWith('.ts') ? '..' : '../..');
+
+export interface MpirunBenchRow {
+  np: number;
+  /** Median wall seconds per launcher. */
+  sfmpirun: number;
+  hydra: number;
+  openmpi: number;
+  /** sfmpirun / hydra, sfmpirun / openmpi. */
+  vsHydra: number;
+  vsOpenmpi: number;
+}
+
+export interface MpirunBenchResult {
+  when: string;
+  rounds: number;
+  /** How sfmpirun was started: the compiled bin, or the TypeScript sources through tsx. */
+  sfmpirunFrom: 'dist' | 'tsx';
+  rows: MpirunBenchRow[];
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** Wall seconds of one run; throws when the run fails (a benchmark of a failing job means nothing). */
+function timeRun(argv: string[], env: NodeJS.ProcessEnv): number {
+  const t0 = performance.now();
+  const r = spawnSync(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300000 });
+  const seconds = (performance.now() - t0) / 1000;
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr?.toString().slice(0, 2000)}`);
+  return seconds;
+}
+
+export function benchMpirun(opts: { sizes?: number[]; rounds?: number } = {}): MpirunBenchResult {
+  const sizes = opts.sizes ?? [1, 8, 32];
+  const rounds = opts.rounds ?? 5;
+  const helloMpich = program('hello', 'mpich');
+  const helloOmpi = program('hello', 'openmpi');
+  const dist = join(root, 'dist/launcher/sfmpirun.js');
+  const sfmpirunFrom = existsSync(dist) ? 'dist' : 'tsx';
+  const sf = sfmpirunFrom === 'dist' ? [process.execPath, dist] : [process.execPath, '--import', 'tsx', join(root, 'launcher/sfmpirun.ts')];
+  const env = { ...process.env };
+  const rows: MpirunBenchRow[] = [];
+  for (const np of sizes) {
+    const t = { sfmpirun: [] as number[], hydra: [] as number[], openmpi: [] as number[] };
+    for (let i = 0; i < rounds; i++) {
+      t.sfmpirun.push(timeRun([...sf, '--provider', 'netns', '-np', String(np), helloMpich], env));
+      t.hydra.push(timeRun(['mpiexec.hydra', '-n', String(np), helloMpich], env));
+      t.openmpi.push(timeRun(['mpirun.openmpi', '--allow-run-as-root', '--oversubscribe', '-np', String(np), helloOmpi], env));
+    }
+    const m = { sfmpirun: median(t.sfmpirun), hydra: median(t.hydra), openmpi: median(t.openmpi) };
+    rows.push({ np, ...m, vsHydra: m.sfmpirun / m.hydra, vsOpenmpi: m.sfmpirun / m.openmpi });
+    process.stderr.write(`np ${np}: sfmpirun ${m.sfmpirun.toFixed(3)} s, hydra ${m.hydra.toFixed(3)} s, openmpi ${m.openmpi.toFixed(3)} s\n`);
+  }
+  return { when: new Date().toISOString(), rounds, sfmpirunFrom, rows };
+}
+
+/** The mpirun section of RESULTS.md, between its markers. */
+export function resultsSection(r: MpirunBenchResult): string {
+  const f = (x: number) => x.toFixed(3);
+  return [
+    '<!-- mpirun:begin -->',
+    '## sfmpirun startup against the native launchers',
+    '',
+    `Hello world, median wall time of ${r.rounds} rounds run side by side (${r.when}, sfmpirun from ${r.sfmpirunFrom}); ` +
+      'sfmpirun provisions N fresh netns clones (one rank each), runs the MPICH hello through its PMI server, and tears the clones down. ' +
+      'Hydra and Open MPI run the ranks directly on the host.',
+    '',
+    'Command: `npx tsc -p . && node dist/benchmarks/mpirun.js`',
+    '',
+    '| N | sfmpirun --provider netns (s) | mpiexec.hydra (s) | mpirun.openmpi (s) | sfmpirun / hydra | sfmpirun / openmpi |',
+    '|---|---|---|---|---|---|',
+    ...r.rows.map((x) => `| ${x.np} | ${f(x.sfmpirun)} | ${f(x.hydra)} | ${f(x.openmpi)} | ${x.vsHydra.toFixed(2)} | ${x.vsOpenmpi.toFixed(2)} |`),
+    '<!-- mpirun:end -->',
+  ].join('\n');
+}
+
+export function writeResults(r: MpirunBenchResult): void {
+  mkdirSync(join(root, 'benchmarks/out'), { recursive: true });
+  writeFileSync(join(root, 'benchmarks/out/mpirun.json'), JSON.stringify(r, null, 2) + '\n');
+  const file = join(root, 'benchmarks/RESULTS.md');
+  const old = existsSync(file) ? readFileSync(file, 'utf8') : '# Benchmark results\n';
+  const section = resultsSection(r);
+  const next = /<!-- mpirun:begin -->[\s\S]*<!-- mpirun:end -->/.test(old)
+    ? old.replace(/<!-- mpirun:begin -->[\s\S]*<!-- mpirun:end -->/, section)
+    : `${old.trimEnd()}\n\n${section}\n`;
+  writeFileSync(file, next);
+}
+
+const invokedDirectly = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
+if (invokedDirectly) {
+  const rounds = process.argv[2] ? Number(process.argv[2]) : undefined;
+  const result = benchMpirun({ rounds });
+  writeResults(result);
+  process.stdout.write(resultsSection(result) + '\n');
+}

@@ -1,0 +1,93 @@
+/**
+ * Runs the real sfmpirun CLI (from the TypeScript sources, through tsx) as a child process, the way a
+ * user's script would, with its own state directory, and checks that a ticket left nothing behind.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { JobReport } from '../../launcher/job/report.js';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const cli = join(root, 'launcher/sfmpirun.ts');
+
+export interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: Buffer;
+  stderr: string;
+  report: JobReport | null;
+}
+
+export interface RunOptions {
+  stdin?: Buffer | string;
+  env?: Record<string, string>;
+  cwd?: string;
+  /** Called with the child once it runs, e.g. to send it a signal when some output appeared. */
+  onStdout?: (text: string, child: ReturnType<typeof spawn>) => void;
+  /** Leave out --report (for runs that must fail before anything starts). */
+  noReport?: boolean;
+}
+
+/** One state directory per test process, so leak checks see only our own records. */
+export const stateDir = mkdtempSync(join(tmpdir(), 'sfmpirun-test-state-'));
+let runs = 0;
+
+export function sfmpirun(args: string[], opts: RunOptions = {}): Promise<Run> {
+  const reportFile = join(stateDir, `report-${process.pid}-${runs++}.json`);
+  const argv = ['--import', 'tsx', cli, ...(opts.noReport ? [] : ['--report', reportFile]), ...args];
+  const child = spawn(process.execPath, argv, {
+    cwd: opts.cwd ?? root,
+    env: { ...process.env, SNOWFLOCK_STATE_DIR: stateDir, ...opts.env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const out: Buffer[] = [];
+  let err = '';
+  let seen = '';
+  child.stdout.on('data', (b: Buffer) => {
+    out.push(b);
+    if (opts.onStdout) {
+      seen += b.toString('latin1');
+      opts.onStdout(seen, child);
+    }
+  });
+  child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+  child.stdin.on('error', () => undefined);
+  if (opts.stdin !== undefined) child.stdin.end(opts.stdin);
+  else child.stdin.end();
+  return new Promise((resolveRun) => {
+    child.on('close', (code, signal) => {
+      const report = existsSync(reportFile) ? (JSON.parse(readFileSync(reportFile, 'utf8')) as JobReport) : null;
+      rmSync(reportFile, { force: true });
+      resolveRun({ code, signal, stdout: Buffer.concat(out), stderr: err, report });
+    });
+  });
+}
+
+function sh(cmd: string): string {
+  try {
+    return execFileSync('sh', ['-c', cmd], { encoding: 'utf8' });
+  } catch {
+    return '';
+  }
+}
+
+/** Everything on the host that still names the ticket: namespaces, links, nft tables, processes, records. */
+export function leftovers(ticketId: string): string[] {
+  const found: string[] = [];
+  const grep = (what: string, text: string) => {
+    for (const line of text.split('\n')) if (line.includes(ticketId)) found.push(`${what}: ${line.trim()}`);
+  };
+  grep('netns', sh('ip netns list'));
+  grep('link', sh('ip -o link show'));
+  grep('nft', sh('nft list tables'));
+  grep('process', sh('ps -eo pid,args').split('\n').filter((l) => !l.includes('ps -eo')).join('\n'));
+  if (existsSync(stateDir)) for (const f of readdirSync(stateDir)) if (f.includes(ticketId)) found.push(`state record: ${f}`);
+  return found;
+}
+
+/** Records left in our state directory (tickets that were never torn down). */
+export function stateRecords(): string[] {
+  return existsSync(stateDir) ? readdirSync(stateDir).filter((f) => !f.startsWith('report-')) : [];
+}
