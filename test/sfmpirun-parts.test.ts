@@ -11,6 +11,7 @@ import { classifyLibraries, detectMpi, resolveProgram } from '../launcher/job/de
 import { callerLayer, isInternal, rankEnv, userEnv } from '../launcher/job/env.js';
 import { ExitPolicy, statusOf, summaryLine } from '../launcher/job/exit.js';
 import { expandPattern, JobOutput, linePrefix, LineForwarder } from '../launcher/job/output.js';
+import { FailureScanner, nativeOutcome } from '../launcher/job/native.js';
 import { StdinRouter } from '../launcher/job/stdin.js';
 import { program } from './helpers/programs.js';
 
@@ -153,6 +154,25 @@ describe('sfmpirun parts', () => {
       expect(policy.verdict()).to.deep.equal({ status: 124, line: 'timed out' });
       expect(new ExitPolicy().verdict()).to.deep.equal({ status: 0, line: null });
     });
+  });
+
+  describe("native launchers' failure reports", () => {
+    // Texts as Open MPI 4.1.4's mpirun prints them on this machine.
+    const reports: Array<[string, number, string]> = [
+      ['  Process name: [[18143,1],1]\n  Exit code:    3\n', 3, 'sfmpirun: rank 1 (clone c1) exited with code 3'],
+      ['mpirun.openmpi noticed that process rank 1 with PID 0 on node vm exited on signal 11 (Segmentation fault).\n', 139, 'sfmpirun: rank 1 (clone c1) was killed by signal 11 (SIGSEGV)'],
+      ['MPI_ABORT was invoked on rank 0 in communicator MPI_COMM_WORLD\nwith errorcode 7.\n', 7, 'sfmpirun: rank 0 (clone c0) called MPI_Abort with errorcode 7'],
+    ];
+    for (const [text, status, line] of reports) {
+      it(`names the rank in: ${line}`, () => {
+        const scanner = new FailureScanner();
+        // Fed in two pieces, as a pipe may deliver it.
+        scanner.feed(Buffer.from(text.slice(0, 20)));
+        scanner.feed(Buffer.from(text.slice(20)));
+        const launcher = status === 139 ? { rank: -1, hostname: 'host', code: null, signal: 'SIGSEGV' as const } : { rank: -1, hostname: 'host', code: status, signal: null };
+        expect(nativeOutcome(launcher, 'mpirun', scanner.failure, (r) => `c${r}`)).to.deep.equal({ status, line });
+      });
+    }
   });
 
   describe('environment rule', () => {

@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Clone, CloneProcess, ExitStatus, Ticket } from '../../src/types.js';
@@ -162,10 +162,53 @@ function hostProcess(argv: string[], env: Record<string, string>, withStdin: boo
   };
 }
 
-/** The verdict when the native launcher stood for the ranks: its status, and a line when it failed. */
-export function nativeOutcome(o: RankOutcome, launcher: string): { status: number; line: string | null } {
-  if (o.signal) return { status: 128 + signalNumber(o.signal), line: `sfmpirun: ${launcher} was killed by signal ${signalNumber(o.signal)} (${o.signal})` };
-  const code = o.code ?? 0;
-  if (code === 0) return { status: 0, line: null };
-  return { status: code, line: `sfmpirun: ${launcher} exited with code ${code} (a rank failed; its messages are above)` };
+/**
+ * Reads Open MPI's and Hydra's own failure reports from the launcher's stderr, to name the failing
+ * rank in our summary line: which rank, and its exit code, signal or MPI_Abort errorcode.
+ */
+export class FailureScanner {
+  private text = '';
+  private found: { rank: number; code?: number; signal?: number; abort?: number } | null = null;
+
+  feed(chunk: Buffer): void {
+    if (this.found) return;
+    this.text = (this.text + chunk.toString('latin1')).slice(-65536);
+    const exit = /Process name: \[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(\d+)/.exec(this.text);
+    const signal = /process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)/.exec(this.text);
+    const abort = /MPI_ABORT was invoked on rank (\d+) in communicator \S+\s+with errorcode (-?\d+)/.exec(this.text);
+    if (abort) this.found = { rank: Number(abort[1]), abort: Number(abort[2]) };
+    else if (signal) this.found = { rank: Number(signal[1]), signal: Number(signal[2]) };
+    else if (exit) this.found = { rank: Number(exit[1]), code: Number(exit[2]) };
+  }
+
+  get failure(): { rank: number; code?: number; signal?: number; abort?: number } | null {
+    return this.found;
+  }
+}
+
+/**
+ * The verdict when the native launcher stood for the ranks: its status (Open MPI and Hydra already
+ * follow our policy: the failing rank's code, 128+N, MPI_Abort's errorcode), and a summary line that
+ * names the rank and its clone when the launcher said which rank failed.
+ */
+export function nativeOutcome(
+  o: RankOutcome,
+  launcher: string,
+  failure: FailureScanner['failure'],
+  cloneOfRank: (rank: number) => string,
+): { status: number; line: string | null } {
+  const status = o.signal ? 128 + signalNumber(o.signal) : (o.code ?? 0);
+  if (status === 0) return { status: 0, line: null };
+  if (failure) {
+    const where = `sfmpirun: rank ${failure.rank} (clone ${cloneOfRank(failure.rank)})`;
+    if (failure.abort !== undefined) return { status, line: `${where} called MPI_Abort with errorcode ${failure.abort}` };
+    if (failure.signal !== undefined) return { status, line: `${where} was killed by signal ${failure.signal} (${signalName(failure.signal)})` };
+    return { status, line: `${where} exited with code ${failure.code}` };
+  }
+  if (o.signal) return { status, line: `sfmpirun: ${launcher} was killed by signal ${signalNumber(o.signal)} (${o.signal})` };
+  return { status, line: `sfmpirun: ${launcher} exited with code ${status} (its messages are above)` };
+}
+
+function signalName(n: number): string {
+  return Object.entries(constants.signals).find(([, v]) => v === n)?.[0] ?? `signal ${n}`;
 }

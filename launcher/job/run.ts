@@ -18,7 +18,7 @@ import type { JobSpec } from './spec.js';
 import { detectMpi, resolveProgram, type MpiKind } from './detect.js';
 import { rankEnv, userEnv } from './env.js';
 import { ExitPolicy, type RankOutcome } from './exit.js';
-import { launchNative, nativeOutcome } from './native.js';
+import { FailureScanner, launchNative, nativeOutcome } from './native.js';
 import { JobOutput } from './output.js';
 import { PhaseClock, writeReport, type JobReport } from './report.js';
 import { JobStopper, stopGraceMs } from './signals.js';
@@ -86,6 +86,7 @@ export async function runJob(job: JobSpec, engine: JobEngine, io: JobIo): Promis
   let stdin: StdinRouter | null = null;
   let failure: unknown = null;
   let disposeNative: (() => void) | null = null;
+  const scanner = new FailureScanner();
   try {
     clock.begin('provision');
     ticket = await engine.requestTicket(plan.clones, { provider: job.provider, keep: job.keep, coldBoot: job.coldBoot });
@@ -109,6 +110,7 @@ export async function runJob(job: JobSpec, engine: JobEngine, io: JobIo): Promis
         started.push({ rank: -1, clone: null, proc, done: false });
         // Open MPI's mpirun prints its ranks' output itself, already tagged as asked.
         output.attach(-1, 'host', proc.stdout, proc.stderr, { raw: true });
+        proc.stderr.on('data', (chunk: Buffer) => scanner.feed(chunk));
         if (proc.stdin && job.stdin !== 'none') stdin.add(proc.stdin);
       } else {
         pmi = await startPmi(job, ticket, clones, engine, policy, signalRanks);
@@ -133,7 +135,10 @@ export async function runJob(job: JobSpec, engine: JobEngine, io: JobIo): Promis
 
   if (failure) throw failure;
   const launcher = plan.mpi === 'openmpi' ? "Open MPI's mpirun" : "Hydra's mpiexec";
-  const verdict = plan.launch === 'native' && outcomes[0] && !policy.wasStopped ? nativeOutcome(outcomes[0], launcher) : policy.verdict();
+  const verdict =
+    plan.launch === 'native' && outcomes[0] && !policy.wasStopped
+      ? nativeOutcome(outcomes[0], launcher, scanner.failure, (rank) => nativeClone(job, clones, rank))
+      : policy.verdict();
   if (verdict.line) io.stderr.write(verdict.line + '\n');
   log.info(`phases (ms): ${Object.entries(clock.phases).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   if (job.reportFile) {
@@ -154,6 +159,13 @@ export async function runJob(job: JobSpec, engine: JobEngine, io: JobIo): Promis
     await writeReport(job.reportFile, report);
   }
   return verdict.status;
+}
+
+/** The clone a rank runs on under the native launchers: they fill each host's slots in hostfile order. */
+function nativeClone(job: JobSpec, clones: Clone[], rank: number): string {
+  if (clones.length === 0) return '?';
+  const ppn = Math.max(1, Math.ceil(job.np / clones.length), job.ranksPerClone);
+  return clones[placeRanks(job.np, clones.length, ppn, job.placement)[rank] ?? 0]?.hostname ?? '?';
 }
 
 /** Everything that can be refused before provisioning: programs, MPI kinds, np, launch mode. */
