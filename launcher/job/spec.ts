@@ -13,6 +13,9 @@ export interface AppSpec {
   wdir: string;
   /** Per-app environment settings (-env K V, -x in an --app file), applied over the global ones. */
   env: Record<string, string>;
+  /** Per-section -envall / -envnone / -envlist (Hydra): which caller variables this app's ranks get; absent: the job's rule. */
+  envMode?: EnvMode;
+  envList?: string[];
 }
 
 export type EnvMode = 'all' | 'none' | 'list';

@@ -1,0 +1,80 @@
+/**
+ * A job while its command line is being read: what the options have said so far, before the
+ * defaults and cross-checks of options.ts turn it into a JobSpec.
+ */
+import type { EnvMode, JobSpec } from '../job/spec.js';
+import type { Host } from './hosts.js';
+
+export type Dialect = JobSpec['dialect'];
+
+/** One MPMD section (a ':'-separated part of the command line, a -configfile or --app line). */
+export interface SectionDraft {
+  np?: number;
+  argv: string[];
+  wdir?: string;
+  env: Record<string, string>;
+  envMode?: EnvMode;
+  envList?: string[];
+  /** Where it came from, for error messages: "section 2", "config file 'x' line 3". */
+  where: string;
+}
+
+export interface JobDraft {
+  /** The first option that only one dialect has decides the dialect. */
+  dialect?: Dialect;
+  ranksPerClone?: number;
+  /** Which option set ranksPerClone, for messages. */
+  ranksPerCloneFrom?: string;
+  clones?: number;
+  hosts: Host[];
+  placement?: 'block' | 'cyclic';
+  envMode: EnvMode;
+  envList: string[];
+  env: Record<string, string>;
+  tagOutput: boolean;
+  timestampOutput: boolean;
+  outfilePattern?: string;
+  errfilePattern?: string;
+  outputDirectory?: string;
+  /** As given; checked against np once np is known. */
+  stdin?: string;
+  timeoutSec?: number;
+  oversubscribe: boolean;
+  provider: JobSpec['provider'];
+  launch: JobSpec['launch'];
+  launchChannel: JobSpec['launchChannel'];
+  coldBoot: boolean;
+  keep: boolean;
+  reportFile?: string;
+  verbosity: number;
+  logFile?: string;
+  ignored: string[];
+  /** -configfile (Hydra) and --app (Open MPI) files, read after the command line. */
+  sectionFiles: Array<{ path: string; option: string }>;
+  /** Set by --help / --version: parsing stops there. */
+  stop?: 'help' | 'version';
+}
+
+export function newJobDraft(): JobDraft {
+  return {
+    hosts: [],
+    envMode: 'all',
+    envList: [],
+    env: {},
+    tagOutput: false,
+    timestampOutput: false,
+    oversubscribe: false,
+    provider: 'auto',
+    launch: 'auto',
+    launchChannel: 'agent',
+    coldBoot: false,
+    keep: false,
+    verbosity: 0,
+    ignored: [],
+    sectionFiles: [],
+  };
+}
+
+export function newSectionDraft(where: string): SectionDraft {
+  return { argv: [], env: {}, where };
+}
