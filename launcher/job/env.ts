@@ -2,8 +2,8 @@
  * The environment of a rank, built in four layers, each over the one before:
  *
  *   1. The caller's environment, as mpiexec passes it: all of it by default (-genvall, Open MPI's
- *      behaviour for the local node), nothing with -genvnone / -envnone, or only the names of
- *      -genvlist / -envlist. From "all", three kinds of variables never pass, because they are the
+ *      behaviour for the local node), nothing with -genvnone, or only the names of -genvlist;
+ *      an MPMD section's own -envall / -envnone / -envlist decides for that section's ranks. From "all", three kinds of variables never pass, because they are the
  *      launcher's own or describe the host rather than the clone, and would mislead a rank:
  *        - the launcher's internals: SNOWFLOCK_*, npm_* and npm's INIT_CWD, NODE_OPTIONS and the
  *          other NODE_* variables of the Node.js runtime the launcher itself runs in;
@@ -54,8 +54,10 @@ export function callerLayer(job: Pick<JobSpec, 'envMode' | 'envList'>, caller: N
 }
 
 /** Layers 1-3: what a rank of `app` sees before the process manager adds its own. */
-export function userEnv(job: Pick<JobSpec, 'envMode' | 'envList' | 'env'>, app: Pick<AppSpec, 'env'>, caller: NodeJS.ProcessEnv): Record<string, string> {
-  return { ...callerLayer(job, caller), ...job.env, ...app.env };
+export function userEnv(job: Pick<JobSpec, 'envMode' | 'envList' | 'env'>, app: Pick<AppSpec, 'env' | 'envMode' | 'envList'>, caller: NodeJS.ProcessEnv): Record<string, string> {
+  // A section's own -envnone / -envlist / -envall decides layer 1 for its ranks.
+  const mode = app.envMode ? { envMode: app.envMode, envList: app.envList ?? [] } : job;
+  return { ...callerLayer(mode, caller), ...job.env, ...app.env };
 }
 
 export interface RankPlace {
