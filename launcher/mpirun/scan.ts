@@ -86,7 +86,11 @@ function unknownOption(word: string, ctx: ScanContext): UserError {
   const bare = word.replace(/^--?/, '');
   // Suggest in the user's own dash style: '-npp' → '-np', '--npp' → '--np'.
   const candidates = allSpellings().map((s) => (s.length > 2 ? dashes + s.replace(/^--?/, '') : s));
-  const hint = closest(dashes + bare, candidates);
+  // Any one-letter option is one edit from any other: suggest only a change of case (-X → -x).
+  const hint =
+    bare.length === 1
+      ? candidates.find((c) => c !== word && c.toLowerCase() === word.toLowerCase())
+      : closest(dashes + bare, candidates);
   return new UserError(`${prefix(ctx)}unrecognized option '${word}'${hint ? `; did you mean '${hint}'?` : '.'} See 'sfmpirun --help'.`);
 }
 
