@@ -73,6 +73,7 @@ describe('mpirun options', () => {
         { provider: 'netns', clones: 3, keep: true, verbosity: 2, launch: 'native', launchChannel: 'ssh', coldBoot: true }],
       ['--clones and -ppn shape np when -n is absent', ['--clones', '2', '-ppn', '3', 'p'], { np: 6, clones: 2, ranksPerClone: 3 }],
       ['Hydra without -n runs one rank', ['p'], { np: 1, dialect: 'hydra' }],
+      ['-N without -np fills one clone', ['-N', '3', 'p'], { np: 3, clones: 1, ranksPerClone: 3 }],
       ['Open MPI without -np runs one rank per core', ['--tag-output', 'p'], { np: availableParallelism(), dialect: 'openmpi' }],
       ['defaults', ['-n', '1', 'p'], { provider: 'auto', launch: 'auto', launchChannel: 'agent', keep: false, envMode: 'all', envList: [], env: {}, ignored: [], verbosity: 0 }],
     ];
@@ -261,6 +262,7 @@ describe('mpirun options', () => {
       ['bad timeout', ['--timeout', '0', '-np', '1', 'p'], /--timeout expects a number of seconds/],
       ['bad MPIEXEC_TIMEOUT', ['-np', '1', 'p'], /MPIEXEC_TIMEOUT='soon' is not a number of seconds/, { MPIEXEC_TIMEOUT: 'soon' }],
       ['missing working directory', ['-wdir', 'no/such/dir', '-n', '1', 'p'], /the working directory '.*no\/such\/dir' does not exist/],
+      ['too many clones', ['--clones', String(MAX_RANKS + 1), '-n', '1', 'p'], new RegExp(`--clones ${MAX_RANKS + 1}: sfmpirun makes at most ${MAX_RANKS} clones`)],
       ['unknown --map-by', ['--map-by', 'galaxy', '-n', '1', 'p'], /--map-by 'galaxy': unknown mapping/],
     ];
     for (const [name, argv, message, env] of cases) {

@@ -338,6 +338,26 @@ describe('PMI-1 server', function () {
       expect(results.map((r) => r.code)).to.deep.equal([0, 0]);
     });
 
+    it('survives a stream of random bytes and random commands, then still serves', async () => {
+      const { port } = await started(2);
+      let seed = 42;
+      const random = (n: number): number => {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        return seed % n;
+      };
+      const words = ['cmd=', 'get', 'put', 'barrier_in', 'initack', 'pmiid=', 'key=', 'value=', '=', ' ', '\\', 'mcmd=spawn', 'endcmd', '\r', '\n', '\u0000', 'é'];
+      const c = await RawClient.open(port);
+      for (let i = 0; i < 300; i++) {
+        const bytes = random(2) ? Buffer.from(Array.from({ length: random(200) }, () => random(256))) : Buffer.from(Array.from({ length: random(12) }, () => words[random(words.length)]).join(''), 'latin1');
+        c.send(bytes);
+      }
+      c.send('\nendcmd\n'); // leave any open mcmd block
+      c.close();
+      const d = await RawClient.open(port);
+      expect(await d.ask('cmd=get_maxes\n')).to.match(/^cmd=maxes /);
+      d.close();
+    });
+
     it("survives a client disconnecting mid-barrier and reports it as 'disconnect'", async () => {
       const { srv, port } = await started(2);
       const events: Array<[number, boolean]> = [];

@@ -8,7 +8,7 @@
  *
  * Defaults, as Hydra and Open MPI have them:
  *   - ranks: -n; without it, the slots of the hostfile/host list, or --clones × ranks per clone,
- *     else 1 (Hydra) or the host's core count (Open MPI).
+ *     or -ppn/-N on one clone, else 1 (Hydra) or the host's core count (Open MPI).
  *   - ranks per clone: -ppn / -N / --map-by ppr:N:node, else the hosts' slots, else 1.
  *   - clones: --clones, else one per host of the hostfile (no more than needed), else
  *     ceil(np / ranks per clone).
@@ -77,6 +77,7 @@ function finish(job: JobDraft, sections: SectionDraft[], env: NodeJS.ProcessEnv,
   const np = apps.reduce((sum, a) => sum + a.np, 0);
   if (np > MAX_RANKS) throw new UserError(`sfmpirun: ${np} ranks requested; sfmpirun runs at most ${MAX_RANKS} ranks per job`);
 
+  if (job.clones !== undefined && job.clones > MAX_RANKS) throw new UserError(`sfmpirun: --clones ${job.clones}: sfmpirun makes at most ${MAX_RANKS} clones per job`);
   const needed = Math.ceil(np / ranksPerClone);
   const clones = job.clones ?? (job.hosts.length ? Math.min(job.hosts.length, needed) : needed);
   const slots = (job.clones ?? (job.hosts.length || needed)) * ranksPerClone;
@@ -119,6 +120,8 @@ function finish(job: JobDraft, sections: SectionDraft[], env: NodeJS.ProcessEnv,
 function defaultNp(job: JobDraft, dialect: JobSpec['dialect'], ranksPerClone: number): number {
   if (job.clones) return job.clones * ranksPerClone;
   if (job.hosts.length) return job.ranksPerClone ? job.hosts.length * ranksPerClone : job.hosts.reduce((sum, h) => sum + h.slots, 0);
+  // `mpirun -N 2 prog` on one node runs 2; so does one clone.
+  if (job.ranksPerClone) return job.ranksPerClone;
   return dialect === 'openmpi' ? availableParallelism() : 1;
 }
 

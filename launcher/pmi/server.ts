@@ -105,6 +105,8 @@ export class PmiServer extends EventEmitter<PmiServerEvents> {
   listen(host: string, port = 0): Promise<number> {
     if (this.server) return Promise.reject(new Error('PmiServer: already listening'));
     const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // Each rank connects once; the margin covers reconnects and probes, not a flood.
+    server.maxConnections = 2 * this.opts.size + 64;
     this.server = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);
