@@ -33,8 +33,14 @@ export interface VmHandle {
   dir: string;
 }
 
+/**
+ * A VM clone as the engine hands it out. It holds a connection to its agent only while it has
+ * processes running: QEMU serves one client per control socket, so an idle launcher must leave the
+ * channel free for another process (Open MPI's remote-shell shim, snowflock exec).
+ */
 export class VmClone implements Clone {
   private channel: AgentChannel | null;
+  private running = 0;
 
   constructor(
     readonly ticket: Ticket,
@@ -50,7 +56,13 @@ export class VmClone implements Clone {
 
   spawn(argv: string[], opts: SpawnOptions): CloneProcess {
     if (!this.channel || this.channel.closed) this.channel = AgentChannel.connectNow(this.handle.control, `clone ${this.hostname}`);
-    return this.channel.spawn(argv, opts);
+    const channel = this.channel;
+    const proc = channel.spawn(argv, opts);
+    this.running++;
+    void proc.exited.then(() => {
+      if (--this.running === 0 && this.channel === channel) this.release();
+    });
+    return proc;
   }
 
   /** Closes this process's connection to the agent (the VM keeps running). */
@@ -160,7 +172,9 @@ async function startOne(job: CloneJob, base: string, i: number, count: number): 
       throw new UserError(`${label} did not become ready: ${(e as Error).message}`);
     }
   }
-  return new VmClone(ticket, i, hostname, cloneAddress(ticket.network.subnet, i), cloneMac(ticket.id, i), { control: f.control, dir }, channel);
+  // Ready: the channel is left free until the first process (see VmClone).
+  channel.close();
+  return new VmClone(ticket, i, hostname, cloneAddress(ticket.network.subnet, i), cloneMac(ticket.id, i), { control: f.control, dir }, null);
 }
 
 async function recordProcess(job: CloneJob, pid: number, hostname: string): Promise<void> {
@@ -189,10 +203,7 @@ export async function createVmClones(job: CloneJob, count: number): Promise<VmCl
   await job.ledger.setClones(handles);
   const results = await Promise.allSettled(Array.from({ length: count }, (_, i) => startOne(job, base, i, count)));
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) {
-    for (const r of results) if (r.status === 'fulfilled') r.value.release();
-    throw failed.reason;
-  }
+  if (failed) throw failed.reason;
   return results.map((r) => (r as PromiseFulfilledResult<VmClone>).value);
 }
 
