@@ -1,7 +1,7 @@
 /*
  * holder: creates the namespaces of one or more netns clones and holds them open.
  *
- *   holder [--share-tmp /tmp/NAME]... HOSTNAME...
+ *   holder [--share-tmp /tmp/NAME]... [--gateway GW/PREFIX] HOSTNAME[=ADDRESS]...
  *
  * For each HOSTNAME, a child is cloned into new network, UTS, IPC, mount and PID namespaces. It is
  * PID 1 of its PID namespace: it mounts a fresh /proc, a private /tmp and /dev/shm, sets the
@@ -9,8 +9,10 @@
  *
  * Handshake with the engine, so that no clone can outlive a creator that did not record it:
  * holder prints one host-visible PID per clone, then "ready". The engine writes the PIDs to the
- * ticket's state record and answers "go" on stdin; holder then detaches and stays as the clones'
- * parent, reaping them as they are killed. EOF (the engine died) or anything else kills them all.
+ * ticket's state record, moves each clone's eth0 in, and writes "net": holder then configures every
+ * clone's network from inside (lo and eth0 up, ADDRESS/PREFIX on eth0, default route via GW) and
+ * answers "configured" (or "error: ..."). "go" makes holder detach and stay as the clones' parent,
+ * reaping them as they are killed. EOF (the engine died) or anything else kills them all.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,12 +28,18 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <net/if.h>
 #include <unistd.h>
+
+#include "ns_netlink.h"
 
 #define MAX_SHARED 16
 
 static const char *shared_tmp[MAX_SHARED];
 static int n_shared;
+static struct in_addr gateway;
+static int prefix_len;
+static int have_gateway;
 
 /* Reports a setup failure of a clone over its ready pipe, then exits the clone. */
 static void fail(int ready, const char *fmt, ...) {
@@ -122,6 +130,35 @@ static pid_t start_clone(const char *hostname, int *ready_r) {
   return pid;
 }
 
+/* Configures one clone's network from inside its namespace; returns 0 or writes why into err. */
+static int configure_net(pid_t pid, const char *address, char *err, size_t errlen) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/ns/net", (int)pid);
+  int ns = open(path, O_RDONLY | O_CLOEXEC);
+  if (ns < 0 || setns(ns, CLONE_NEWNET) < 0) {
+    snprintf(err, errlen, "cannot enter %s: %s", path, strerror(errno));
+    if (ns >= 0) close(ns);
+    return -1;
+  }
+  close(ns);
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  int rc = fd < 0 ? -errno : ns_nl_link_up(fd, 1);
+  const char *step = "lo up";
+  if (rc == 0 && address) {
+    struct in_addr a;
+    int eth0 = (int)if_nametoindex("eth0");
+    step = "find eth0";
+    if (!eth0) rc = -ENODEV;
+    if (rc == 0 && inet_pton(AF_INET, address, &a) != 1) rc = -EINVAL, step = "parse address";
+    if (rc == 0) rc = ns_nl_addr_add(fd, eth0, a, prefix_len), step = "add address";
+    if (rc == 0) rc = ns_nl_link_up(fd, eth0), step = "eth0 up";
+    if (rc == 0 && have_gateway) rc = ns_nl_default_route(fd, gateway), step = "default route";
+  }
+  if (fd >= 0) close(fd);
+  if (rc < 0) snprintf(err, errlen, "%s: %s", step, strerror(-rc));
+  return rc < 0 ? -1 : 0;
+}
+
 static void kill_all(pid_t *pids, int n) {
   for (int i = 0; i < n; i++)
     if (pids[i] > 0) kill(pids[i], SIGKILL);
@@ -130,17 +167,32 @@ static void kill_all(pid_t *pids, int n) {
 
 int main(int argc, char **argv) {
   int first = 1;
-  while (first + 1 < argc && strcmp(argv[first], "--share-tmp") == 0) {
-    if (n_shared == MAX_SHARED) { fprintf(stderr, "holder: too many --share-tmp\n"); return 2; }
-    shared_tmp[n_shared++] = argv[first + 1];
-    first += 2;
+  for (; first + 1 < argc; first += 2) {
+    if (strcmp(argv[first], "--share-tmp") == 0) {
+      if (n_shared == MAX_SHARED) { fprintf(stderr, "holder: too many --share-tmp\n"); return 2; }
+      shared_tmp[n_shared++] = argv[first + 1];
+    } else if (strcmp(argv[first], "--gateway") == 0) {
+      char gw[64];
+      snprintf(gw, sizeof gw, "%s", argv[first + 1]);
+      char *slash = strchr(gw, '/');
+      if (!slash || inet_pton(AF_INET, (*slash = 0, gw), &gateway) != 1) { fprintf(stderr, "holder: bad --gateway\n"); return 2; }
+      prefix_len = atoi(slash + 1);
+      have_gateway = 1;
+    } else break;
   }
   int n = argc - first;
   if (n < 1) { fprintf(stderr, "usage: holder [--share-tmp DIR]... HOSTNAME...\n"); return 2; }
 
   pid_t *pids = calloc(n, sizeof *pids);
   int *ready = calloc(n, sizeof *ready);
-  if (!pids || !ready) return 1;
+  char **address = calloc(n, sizeof *address);
+  if (!pids || !ready || !address) return 1;
+  for (int i = 0; i < n; i++) {
+    char *eq = strchr(argv[first + i], '=');
+    if (eq) *eq = 0, address[i] = eq + 1;
+  }
+  int host_net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (host_net < 0) { perror("holder: /proc/self/ns/net"); return 1; }
   /* Our own death before "go" must take the clones along; after "go" we detach on purpose. */
   for (int i = 0; i < n; i++) {
     pids[i] = start_clone(argv[first + i], &ready[i]);
@@ -166,12 +218,32 @@ int main(int argc, char **argv) {
   printf("ready\n");
   fflush(stdout);
 
-  char line[16] = {0};
-  ssize_t r;
-  do r = read(0, line, sizeof line - 1); while (r < 0 && errno == EINTR);
-  if (r < 2 || strncmp(line, "go", 2) != 0) {
-    kill_all(pids, n);
-    return 1;
+  /* Commands, one per line: "net" then "go". Anything else, or EOF, ends the clones. */
+  FILE *in = fdopen(0, "r");
+  char line[64];
+  for (;;) {
+    if (!in || !fgets(line, sizeof line, in)) {
+      kill_all(pids, n);
+      return 1;
+    }
+    if (strncmp(line, "net", 3) == 0) {
+      char err[300] = "";
+      int bad = 0;
+      for (int i = 0; i < n && !bad; i++) {
+        if (configure_net(pids[i], address[i], err, sizeof err) < 0) {
+          printf("error: %s: %s\n", argv[first + i], err);
+          bad = 1;
+        }
+        if (setns(host_net, CLONE_NEWNET) < 0) { perror("holder: back to the host network"); kill_all(pids, n); return 1; }
+      }
+      if (!bad) printf("configured\n");
+      fflush(stdout);
+    } else if (strncmp(line, "go", 2) == 0) {
+      break;
+    } else {
+      kill_all(pids, n);
+      return 1;
+    }
   }
   quiet_stdio();
   /* Stay as the clones' parent so that they are reaped when killed (PID 1 of the host may not reap). */
