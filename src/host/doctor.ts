@@ -1,0 +1,26 @@
+/**
+ * `snowflock doctor`: every host check as a table of what is there and what to do about the rest.
+ */
+import { runAllChecks, type CheckResult } from './checks.js';
+
+export interface DoctorReport {
+  checks: CheckResult[];
+  /** False when a required check failed. */
+  ok: boolean;
+}
+
+export async function doctor(nativeDir: string): Promise<DoctorReport> {
+  const checks = await runAllChecks(nativeDir);
+  return { checks, ok: checks.every((c) => c.ok || !c.required) };
+}
+
+export function formatDoctor(report: DoctorReport): string {
+  const width = Math.max(...report.checks.map((c) => c.name.length));
+  const lines = report.checks.map((c) => {
+    const mark = c.ok ? 'ok  ' : c.required ? 'FAIL' : 'warn';
+    const fix = c.ok ? '' : `\n${' '.repeat(width + 8)}fix: ${c.fix}`;
+    return `${mark}  ${c.name.padEnd(width)}  ${c.detail}${fix}`;
+  });
+  lines.push(report.ok ? 'snowflock can run on this host.' : 'snowflock cannot run here until the FAIL lines are fixed.');
+  return lines.join('\n');
+}

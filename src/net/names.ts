@@ -1,0 +1,20 @@
+/**
+ * Names of everything a ticket creates on the host, all derived from the ticket id (6 hex chars)
+ * so that a name alone says which ticket owns it. Linux interface names have at most 15 chars.
+ */
+
+/** Ticket ids: 6 lowercase hex characters. */
+export const TICKET_ID = /^[0-9a-f]{6}$/;
+
+export const bridgeName = (ticketId: string): string => `sf${ticketId}`;
+export const tableName = (ticketId: string): string => `sf_${ticketId}`;
+/** Host side of clone i's veth; the clone side is always eth0. */
+export const vethName = (ticketId: string, clone: number): string => `sf${ticketId}v${clone}`;
+/** Hostname of clone i, also the name of its network namespace (ip netns exec works with it). */
+export const cloneName = (ticketId: string, clone: number): string => `sf${ticketId}-${clone}`;
+
+/** A locally administered unicast MAC: 02, the ticket id, then the clone number in two bytes. */
+export function cloneMac(ticketId: string, clone: number): string {
+  const hex = `02${ticketId}${clone.toString(16).padStart(4, '0')}`;
+  return hex.match(/../g)!.join(':');
+}
