@@ -81,8 +81,10 @@ function nativeHelpers(nativeDir: string): CheckResult {
 async function commandWorks(name: string, argv: string[], fix: string, required: boolean): Promise<CheckResult> {
   const r = await execa(argv[0]!, argv.slice(1), { reject: false, timeout: 10_000 });
   const ok = r.exitCode === 0;
-  return { name, ok, detail: ok ? argv.join(' ') + ': ok' : (r.stderr || r.message).split('\n')[0]!, fix: ok ? '' : fix, required };
+  return { name, ok, detail: ok ? argv.join(' ') + ': ok' : firstLine(r.stderr || String(r.message ?? r.exitCode)), fix: ok ? '' : fix, required };
 }
+
+const firstLine = (text: string): string => text.split('\n')[0] ?? '';
 
 function bridgeSupport(): CheckResult {
   const ok = existsSync('/sys/module/bridge') || existsSync(`/lib/modules/${kernelRelease()}/kernel/net/bridge`);

@@ -7,7 +7,7 @@
 import { readFile, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Resource } from '../types.js';
-import { ipBatch, nft } from '../net/ip.js';
+import { ipBatch, ipJson, nft } from '../net/ip.js';
 import { killAndWait } from './process.js';
 
 export interface TeardownReport {
@@ -54,6 +54,7 @@ export async function removeResources(resources: readonly Resource[], ctx: Teard
 
 async function removeRun(run: Resource[], ctx: TeardownContext, report: TeardownReport): Promise<void> {
   const kind = run[0]!.kind;
+  if (kind === 'link') run = await linksToDelete(run as Array<Extract<Resource, { kind: 'link' }>>, report);
   if (kind === 'link' || kind === 'netns') {
     const lines = run.map((r) => (r.kind === 'link' ? `link del ${r.name}` : `netns delete ${(r as { name: string }).name}`));
     const failures = batchFailures(await ipBatch(lines, { force: true }));
@@ -74,6 +75,37 @@ async function removeRun(run: Resource[], ctx: TeardownContext, report: Teardown
       }
     }),
   );
+}
+
+type LinkResource = Extract<Resource, { kind: 'link' }>;
+
+/**
+ * Which links still need an explicit delete. A veth whose other end sat in a clone's namespace goes
+ * away by itself shortly after that namespace, and the kernel removes those in one batch; deleting
+ * them one by one costs a grace period each (about 20 ms). So wait a little for veths to vanish.
+ */
+async function linksToDelete(run: LinkResource[], report: TeardownReport): Promise<LinkResource[]> {
+  const names = new Set(run.map((r) => r.name));
+  let present = await presentLinks(names);
+  const deadline = Date.now() + VETH_GRACE_MS;
+  let delay = 5;
+  while ([...present.values()].some((kind) => kind === 'veth') && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 100);
+    present = await presentLinks(names);
+  }
+  for (const r of run) if (!present.has(r.name)) report.removed.push(describe(r));
+  return run.filter((r) => present.has(r.name));
+}
+
+const VETH_GRACE_MS = 2000;
+
+/** Of the given link names, those that exist, with their kind (veth, bridge, tun, ...). */
+async function presentLinks(names: Set<string>): Promise<Map<string, string>> {
+  const links = await ipJson<Array<{ ifname: string; linkinfo?: { info_kind?: string } }>>(['-d', 'link', 'show']);
+  const out = new Map<string, string>();
+  for (const l of links) if (names.has(l.ifname)) out.set(l.ifname, l.linkinfo?.info_kind ?? '');
+  return out;
 }
 
 /** Removes one resource; false when it was already gone. */

@@ -1,0 +1,40 @@
+/**
+ * Which providers exist and which one a ticket gets. Providers are loaded on demand, so that the
+ * netns path never loads QEMU's code and a missing provider is one clear line, not a crash.
+ */
+import { UserError } from '../errors.js';
+import { hasHardwareVirtualization } from '../host/checks.js';
+import type { ProviderChoice, ProviderName } from '../types.js';
+import { NetnsProvider } from './netns/index.js';
+import type { Provider } from './provider.js';
+
+export const PROVIDERS: readonly ProviderName[] = ['netns', 'vm'];
+
+export function parseProviderChoice(value: string | undefined): ProviderChoice {
+  if (value === undefined || value === '') return 'auto';
+  if (value === 'auto' || (PROVIDERS as readonly string[]).includes(value)) return value as ProviderChoice;
+  throw new UserError(`unknown provider ${JSON.stringify(value)}; use one of: auto, ${PROVIDERS.join(', ')}`);
+}
+
+/** auto: vm only where KVM has real hardware virtualization (TCG clones are slow); else netns. */
+export function resolveProvider(choice: ProviderChoice): ProviderName {
+  if (choice === 'auto') return hasHardwareVirtualization() ? 'vm' : 'netns';
+  return parseProviderChoice(choice) as ProviderName;
+}
+
+export async function loadProvider(name: ProviderName, nativeDir: string): Promise<Provider> {
+  switch (name) {
+    case 'netns':
+      return new NetnsProvider(nativeDir);
+    case 'vm': {
+      const { VmProvider } = await import('./vm/index.js');
+      return new VmProvider();
+    }
+  }
+}
+
+/** Removes the vm provider's cached templates (snowflock cleanup --templates); what it removed. */
+export async function cleanupTemplates(): Promise<string[]> {
+  const vm = await import('./vm/index.js');
+  return vm.cleanupTemplates();
+}
