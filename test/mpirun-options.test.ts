@@ -75,6 +75,8 @@ describe('mpirun options', () => {
       ['Hydra without -n runs one rank', ['p'], { np: 1, dialect: 'hydra' }],
       ['-N without -np fills one clone', ['-N', '3', 'p'], { np: 3, clones: 1, ranksPerClone: 3 }],
       ['Open MPI without -np runs one rank per core', ['--tag-output', 'p'], { np: availableParallelism(), dialect: 'openmpi' }],
+      ['--debug shows details', ['--debug', '-n', '1', 'p'], { verbosity: 2 }],
+      ["an option's value may be ':' or look like an option", ['-genv', 'SEP', ':', '-genv', 'D', '-n', '-n', '1', 'p'], { np: 1, env: { SEP: ':', D: '-n' }, argv: ['p'] }],
       ['defaults', ['-n', '1', 'p'], { provider: 'auto', launch: 'auto', launchChannel: 'agent', keep: false, envMode: 'all', envList: [], env: {}, ignored: [], verbosity: 0 }],
     ];
     for (const [name, argv, want] of cases) {

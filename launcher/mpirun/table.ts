@@ -528,6 +528,15 @@ export const OPTIONS: OptionDef[] = [
     },
   },
   {
+    names: ['debug'],
+    arity: 0,
+    dialect: 'ours',
+    help: 'Show every detail (like -v -v).',
+    apply: (_v, ctx) => {
+      ctx.job.verbosity = Math.max(ctx.job.verbosity, 2);
+    },
+  },
+  {
     names: ['version', 'V'],
     arity: 0,
     dialect: 'both',
