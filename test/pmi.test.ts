@@ -188,6 +188,7 @@ describe('PMI-1 server', function () {
       expect(results.map((r) => r.code)).to.deep.equal([0, 0, 0, 0]);
       results.forEach((r, rank) => expect(r.stdout).to.equal(`pmi-hello rank ${rank} of 4 appnum 0 universe 6\n`));
       expect(finalized.sort()).to.deep.equal([0, 1, 2, 3]);
+      expect(srv.finalizedRanks()).to.deep.equal([0, 1, 2, 3]);
     });
 
     it('gives each MPMD section its appnum', async () => {

@@ -13,6 +13,11 @@
  * `timeoutMs`, it is not the first barrier (MPI_Init's business-card exchange, which a late rank
  * must never miss), and every missing rank is connected and has said nothing for `timeoutMs`
  * (a rank still initialising keeps talking to us).
+ *
+ * Measured here (MPICH 4.0.2): MPI_Init makes three barriers, MPI_Finalize one. Ranks enter each
+ * init barrier close together, because they all do the same work in between (58 ms from first to
+ * last for 32 ranks on 2 loaded cores), far inside the default 3 s; only the first barrier, which
+ * waits for the last rank to start, spreads wide (1.6 s there), and it is never released.
  */
 
 export interface BarrierHooks {

@@ -68,6 +68,7 @@ export class PmiServer extends EventEmitter<PmiServerEvents> {
   private readonly byRank = new Map<number, Client>();
   /** Ranks that have ever connected, and when each last spoke (for the watchdog). */
   private readonly lastHeard = new Map<number, number>();
+  private readonly finalized = new Set<number>();
   private readonly barriers: BarrierRounds;
   private server?: Server;
   private address?: { host: string; port: number };
@@ -137,9 +138,9 @@ export class PmiServer extends EventEmitter<PmiServerEvents> {
     };
   }
 
-  /** Ranks that have sent finalize. */
+  /** Ranks that have sent finalize, in order. */
   finalizedRanks(): number[] {
-    return [...this.clients].filter((c) => c.finalized && c.rank !== undefined).map((c) => c.rank!);
+    return [...this.finalized].sort((a, b) => a - b);
   }
 
   async close(): Promise<void> {
@@ -306,6 +307,7 @@ export class PmiServer extends EventEmitter<PmiServerEvents> {
   private finalize(client: Client): void {
     if (client.rank === undefined) return this.reject(client, 'finalize_needs_initack', 'finalize before initack', 'finalize_ack');
     client.finalized = true;
+    this.finalized.add(client.rank);
     this.send(client, formatReply('finalize_ack'));
     this.emit('finalize', client.rank);
   }
