@@ -318,7 +318,7 @@ export class Engine {
 
 function validateCount(n: number, max: number): void {
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) {
-    throw new UserError(`the number of clones must be a whole number of at least 1, not ${JSON.stringify(n)}`);
+    throw new UserError(`the number of clones must be a whole number of at least 1, not ${String(n)}`);
   }
   if (n > max) {
     throw new UserError(`cannot create ${n} clones: the limit is ${max} per ticket (SNOWFLOCK_MAX_CLONES; one /24 holds at most 244)`);

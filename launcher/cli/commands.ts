@@ -1,0 +1,148 @@
+/**
+ * The snowflock subcommands. Each one is a small function from parsed arguments to an exit status;
+ * launcher/snowflock.ts wires them to the command line.
+ */
+import { Engine, installTeardownOnSignals } from '../../src/engine.js';
+import { UserError } from '../../src/errors.js';
+import { doctor, formatDoctor } from '../../src/host/doctor.js';
+import { parseProviderChoice } from '../../src/providers/index.js';
+import type { Clone, Ticket } from '../../src/types.js';
+import { table } from './output.js';
+import { spawnAll } from './spawn-all.js';
+import { worstStatus } from './status.js';
+
+export interface EngineArgs {
+  stateDir?: string;
+}
+
+export const engineFor = (args: EngineArgs): Engine => new Engine(args.stateDir ? { stateDir: args.stateDir } : {});
+
+function clonesTable(ticket: Ticket, clones: Array<Pick<Clone, 'id' | 'hostname' | 'address'>>): string {
+  const head =
+    `ticket ${ticket.id}: ${ticket.granted} ${ticket.provider} clone(s) on ${ticket.network.subnet}, ` +
+    `gateway ${ticket.network.gateway} (bridge ${ticket.network.bridge})` +
+    (ticket.reason ? `\nasked for ${ticket.requested}, granted ${ticket.granted}: ${ticket.reason}` : '');
+  return head + '\n' + table(['ID', 'HOSTNAME', 'ADDRESS'], clones.map((c) => [String(c.id), c.hostname, c.address]));
+}
+
+function requireCommand(cmd: string[] | undefined): string[] {
+  if (!cmd || cmd.length === 0) throw new UserError('no command given; put it after --, e.g. snowflock run -n 2 -- hostname');
+  return cmd;
+}
+
+/** Provisions a ticket and its clones, tearing everything down if that fails or we are interrupted. */
+async function provision(engine: Engine, n: number, provider: string | undefined, keep: boolean): Promise<{ ticket: Ticket; clones: Clone[] }> {
+  const choice = parseProviderChoice(provider);
+  const ticket = await engine.requestTicket(n, { provider: choice, keep });
+  const checkpoint = await engine.checkpoint(ticket, { provider: ticket.provider, workdir: process.cwd(), mpi: 'none' });
+  const clones = await engine.createClones(checkpoint, ticket);
+  return { ticket, clones };
+}
+
+export async function upCommand(args: EngineArgs & { n: number; provider?: string }): Promise<number> {
+  const engine = engineFor(args);
+  const unhook = installTeardownOnSignals(engine);
+  try {
+    const { ticket, clones } = await provision(engine, args.n, args.provider, true);
+    process.stdout.write(clonesTable(ticket, clones));
+    process.stdout.write(`run commands with: snowflock exec ${ticket.id} [CLONE|all] -- CMD...; remove with: snowflock down ${ticket.id}\n`);
+    return 0;
+  } finally {
+    unhook();
+  }
+}
+
+export async function runCommand(args: EngineArgs & { n: number; provider?: string; cmd?: string[] }): Promise<number> {
+  const argv = requireCommand(args.cmd);
+  const engine = engineFor(args);
+  const unhook = installTeardownOnSignals(engine);
+  try {
+    const { ticket, clones } = await provision(engine, args.n, args.provider, false);
+    let statuses;
+    try {
+      statuses = await spawnAll(clones, argv, { prefix: true, stdin: false }).done;
+    } finally {
+      await engine.join(ticket);
+    }
+    return worstStatus(statuses);
+  } finally {
+    unhook();
+  }
+}
+
+export async function execCommand(args: EngineArgs & { ticket: string; clone?: string; cmd?: string[] }): Promise<number> {
+  const argv = requireCommand(args.cmd);
+  const engine = engineFor(args);
+  const { ticket, clones } = await engine.attach(args.ticket);
+  const which = args.clone ?? 'all';
+  let chosen: Clone[];
+  if (which === 'all') chosen = clones;
+  else {
+    const id = Number(which);
+    const clone = clones.find((c) => c.id === id || c.hostname === which);
+    if (!clone) throw new UserError(`ticket ${ticket.id} has no clone ${JSON.stringify(which)}; give 0..${clones.length - 1}, a hostname, or all`);
+    chosen = [clone];
+  }
+  const single = chosen.length === 1;
+  const run = spawnAll(chosen, argv, { prefix: !single, stdin: single && !process.stdin.isTTY });
+  // The clones stay: a signal goes to the command, not to the ticket.
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  const forward = (sig: NodeJS.Signals) => run.processes.forEach((p) => p.kill(sig));
+  signals.forEach((s) => process.on(s, forward));
+  try {
+    return worstStatus(await run.done);
+  } finally {
+    signals.forEach((s) => process.off(s, forward));
+  }
+}
+
+export async function psCommand(args: EngineArgs): Promise<number> {
+  const tickets = await engineFor(args).list();
+  if (tickets.length === 0) {
+    process.stdout.write('no live tickets\n');
+    return 0;
+  }
+  process.stdout.write(
+    table(
+      ['TICKET', 'PROVIDER', 'CLONES', 'SUBNET', 'OWNER', 'KEPT', 'CREATED'],
+      tickets.map((t) => [
+        t.ticket.id,
+        t.ticket.provider,
+        String(t.clones.length),
+        t.ticket.network.subnet || '-',
+        `${t.owner.pid}${t.owner.alive ? '' : ' (gone)'}`,
+        t.ticket.kept ? 'yes' : 'no',
+        t.createdAt,
+      ]),
+    ),
+  );
+  return 0;
+}
+
+export async function downCommand(args: EngineArgs & { tickets: string[] }): Promise<number> {
+  if (args.tickets.length === 0) throw new UserError('name the ticket(s) to remove; see snowflock ps');
+  const engine = engineFor(args);
+  for (const id of args.tickets) {
+    const report = await engine.kill(id);
+    process.stdout.write(`ticket ${id} removed (${report.removed.length} resources)\n`);
+  }
+  return 0;
+}
+
+export async function cleanupCommand(args: EngineArgs & { all: boolean; templates: boolean; ticket?: string }): Promise<number> {
+  const report = await engineFor(args).cleanup({ all: args.all, templates: args.templates, ticketId: args.ticket });
+  for (const t of report.tickets) {
+    process.stdout.write(`ticket ${t.id}: removed ${t.removed.length}\n`);
+    for (const r of t.removed) process.stdout.write(`  ${r}\n`);
+  }
+  for (const c of report.claims) process.stdout.write(`orphan subnet claim ${c} removed\n`);
+  for (const t of report.templates) process.stdout.write(`template ${t} removed\n`);
+  if (report.tickets.length + report.claims.length + report.templates.length === 0) process.stdout.write('nothing to clean up\n');
+  return 0;
+}
+
+export async function doctorCommand(args: EngineArgs): Promise<number> {
+  const report = await doctor(engineFor(args).config.nativeDir);
+  process.stdout.write(formatDoctor(report) + '\n');
+  return report.ok ? 0 : 1;
+}
