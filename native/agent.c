@@ -141,7 +141,7 @@ static void boot_mounts(void) {
   mkdir("/dev/shm", 01777);
   mount("devpts", "/dev/pts", "devpts", 0, "ptmxmode=0666");
   mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777");
-  mount("tmpfs", "/tmp", "tmpfs", 0, "mode=1777");
+  /* /tmp stays part of the root (already in RAM): the job's working directory may live there. */
   int fd = open("/dev/console", O_RDWR);
   if (fd >= 0) {
     dup2(fd, 1);

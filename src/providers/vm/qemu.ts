@@ -84,6 +84,8 @@ export function qemuArgs(s: VmSpec): string[] {
 
 export interface Started {
   pid: number;
+  /** Makes this process keep Node's event loop alive again (while someone waits for its exit). */
+  ref(): void;
   /** Resolves with QEMU's exit code and the end of its stderr when it exits. */
   exited: Promise<{ code: number | null; stderr: string }>;
 }
@@ -111,7 +113,7 @@ export function startQemu(s: VmSpec, stderrFile: string): Started {
   });
   child.unref();
   if (child.pid === undefined) throw new Error(`cannot start ${QEMU}`);
-  return { pid: child.pid, exited };
+  return { pid: child.pid, exited, ref: () => child.ref() };
 }
 
 /** /proc/PID/stat field 22: the process's start time, recorded to guard against PID reuse. */

@@ -15,7 +15,7 @@ import { UserError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import { AgentChannel, Frame } from './agent-client.js';
 import { Qmp } from './qmp.js';
-import { type Accel, consoleTail, qemuBinary, startQemu, type VmSpec } from './qemu.js';
+import { type Accel, consoleTail, qemuBinary, startQemu, type Started, type VmSpec } from './qemu.js';
 
 export const TEMPLATE_ROOT = process.env.SNOWFLOCK_TEMPLATE_ROOT ?? '/dev/shm';
 const PREFIX = 'snowflock-tpl-';
@@ -78,7 +78,7 @@ export async function bootAndGreet(
   timeoutMs: number,
   /** Called as soon as QEMU runs (to record the process before anything else happens). */
   onStart?: (pid: number) => Promise<void>,
-): Promise<{ pid: number; channel: AgentChannel; exited: Promise<{ code: number | null; stderr: string }> }> {
+): Promise<{ pid: number; channel: AgentChannel; started: Started }> {
   const started = startQemu(spec, stderrFile);
   const deadline = Date.now() + timeoutMs;
   try {
@@ -99,7 +99,7 @@ export async function bootAndGreet(
     died.catch(() => undefined); // QEMU exits later, at teardown: not an error then
     greeted.catch(() => undefined); // the race below reports it
     const channel = await Promise.race([greeted, died]);
-    return { pid: started.pid, channel, exited: started.exited };
+    return { pid: started.pid, channel, started };
   } catch (e) {
     killQuietly(started.pid);
     if (e instanceof UserError) throw e;
@@ -143,7 +143,8 @@ async function buildTemplate(image: GuestImage, accel: Accel, ramMiB: number, ke
       qmp.close();
     }
     killQuietly(pid);
-    await vm.exited;
+    vm.started.ref();
+    await vm.started.exited;
     const t: Template = { key, dir: final, ram: join(final, 'ram'), state: join(final, 'state'), ramMiB, accel };
     for (const p of Object.values(f)) rmSync(p, { force: true });
     writeFileSync(join(dir, 'template.json'), JSON.stringify(t, null, 2));
