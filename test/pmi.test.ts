@@ -3,7 +3,7 @@
  * speaking the wire protocol, well and badly.
  */
 import { expect } from 'chai';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
@@ -62,13 +62,21 @@ interface RankResult {
  * resolves when all have exited. `tcp` forces UCX over TCP, as between clones (where MPICH's
  * finalize hang lives); otherwise ranks on one host use shared memory.
  */
+/** Rank processes still running; afterEach kills and reports any, so no test leaves one behind. */
+const live = new Set<ChildProcess>();
+// mocha --exit ends the process without waiting for hooks of a cut run; take the ranks along.
+process.on('exit', () => live.forEach((c) => c.kill('SIGKILL')));
+
 function runRanks(srv: PmiServer, program: string, np: number, opts: { args?: string[]; tcp?: boolean; onStart?: (kill: () => void) => void } = {}): Promise<RankResult[]> {
-  const children = [...Array(np).keys()].map((rank) =>
-    spawn(program, opts.args ?? [], {
+  const children = [...Array(np).keys()].map((rank) => {
+    const child = spawn(program, opts.args ?? [], {
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...(opts.tcp ? { UCX_TLS: 'tcp,self' } : {}), ...srv.rankEnv(rank) },
       stdio: ['ignore', 'pipe', 'pipe'],
-    }),
-  );
+    });
+    live.add(child);
+    child.on('exit', () => live.delete(child));
+    return child;
+  });
   opts.onStart?.(() => children.forEach((c) => c.kill('SIGKILL')));
   return Promise.all(
     children.map(
@@ -168,8 +176,12 @@ describe('PMI-1 server', function () {
     for (const p of ['pmi-hello', 'pmi-ring', 'pmi-allreduce', 'pmi-abort', 'pmi-names']) programs[p] = mpichProgram(p);
   });
 
-  afterEach(async () => {
+  afterEach(async function () {
     await Promise.all(open.splice(0).map((s) => s.close()));
+    const left = [...live];
+    if (left.length === 0) return;
+    await Promise.all(left.map((c) => new Promise((r) => (c.once('exit', r), c.kill('SIGKILL')))));
+    if (this.currentTest?.state === 'passed') throw new Error(`${left.length} rank process(es) still running after the test`);
   });
 
   async function started(size: number, extra: Partial<PmiServerOptions> = {}) {
