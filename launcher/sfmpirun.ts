@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { Engine } from '../src/engine.js';
 import { isUserError } from '../src/errors.js';
+import { debugRequested } from './cli/common.js';
 import { configureLogging } from '../src/log.js';
 import { parseMpirunArgs } from './mpirun/options.js';
 import { runJob } from './job/run.js';
@@ -59,6 +60,7 @@ main(process.argv.slice(2)).then(
   (e: unknown) => {
     if (isUserError(e)) {
       process.stderr.write(`${e.message.startsWith('sfmpirun') ? '' : 'sfmpirun: '}${e.message}\n`);
+      if (debugRequested(process.argv) && e.stack) process.stderr.write(e.stack + '\n');
       process.exitCode = e.exitCode;
     } else {
       process.stderr.write(`sfmpirun: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);

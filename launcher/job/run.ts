@@ -35,7 +35,7 @@ export interface JobEngine {
   checkpoint(ticket: Ticket, source: CheckpointSource): Promise<Checkpoint>;
   createClones(checkpoint: Checkpoint, ticket: Ticket): Promise<Clone[]>;
   openPort(ticket: Ticket, port: number): Promise<void>;
-  kill(ticket: Ticket): Promise<void>;
+  kill(ticket: Ticket): Promise<unknown>;
   /** The directory of state records; the remote-shell shim finds the ticket there. */
   readonly stateDir?: string;
 }

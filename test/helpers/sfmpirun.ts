@@ -83,11 +83,15 @@ export function leftovers(ticketId: string): string[] {
   grep('link', sh('ip -o link show'));
   grep('nft', sh('nft list tables'));
   grep('process', sh('ps -eo pid,args').split('\n').filter((l) => !l.includes('ps -eo')).join('\n'));
-  if (existsSync(stateDir)) for (const f of readdirSync(stateDir)) if (f.includes(ticketId)) found.push(`state record: ${f}`);
+  for (const sub of ['', 'tickets']) {
+    const dir = join(stateDir, sub);
+    if (existsSync(dir)) for (const f of readdirSync(dir)) if (f.includes(ticketId)) found.push(`state record: ${join(sub, f)}`);
+  }
   return found;
 }
 
 /** Records left in our state directory (tickets that were never torn down). */
 export function stateRecords(): string[] {
-  return existsSync(stateDir) ? readdirSync(stateDir).filter((f) => !f.startsWith('report-')) : [];
+  const tickets = join(stateDir, 'tickets');
+  return existsSync(tickets) ? readdirSync(tickets) : [];
 }
