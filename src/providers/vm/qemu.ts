@@ -102,7 +102,9 @@ export function startQemu(s: VmSpec, stderrFile: string): Started {
     const done = (code: number | null) => {
       let stderr = '';
       try {
-        stderr = readFileSync(stderrFile, 'utf8').trim().split('\n').slice(-3).join(' | ');
+        // The template's NIC talks to nobody on purpose: QEMU's warning about it is noise.
+        const lines = readFileSync(stderrFile, 'utf8').split('\n').filter((l) => l.trim() && !/warning: hub \d+ is not connected/.test(l));
+        stderr = lines.slice(-3).join(' | ');
       } catch {
         /* removed already */
       }
@@ -129,5 +131,15 @@ export function consoleTail(file: string, lines = 5): string {
     return text ? text.split('\n').slice(-lines).join(' / ') : '(the console is empty)';
   } catch {
     return '(no console output)';
+  }
+}
+
+/** The kernel's panic line on a guest's console, if it panicked (the line that says why). */
+export function panicLine(file: string): string | null {
+  try {
+    const line = readFileSync(file, 'utf8').split('\n').find((l) => l.includes('Kernel panic'));
+    return line ? line.replace(/^\[[\s\d.]+\]\s*/, '').replace(/\r/g, '').trim() : null;
+  } catch {
+    return null;
   }
 }

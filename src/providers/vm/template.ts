@@ -9,13 +9,14 @@
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { contentKey } from '../../image/cache.js';
 import type { GuestImage } from '../../image/index.js';
 import { UserError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import { AgentChannel, Frame } from './agent-client.js';
 import { Qmp } from './qmp.js';
-import { type Accel, consoleTail, qemuBinary, startQemu, type Started, type VmSpec } from './qemu.js';
+import { type Accel, consoleTail, panicLine, qemuBinary, startQemu, type Started, type VmSpec } from './qemu.js';
 
 export const TEMPLATE_ROOT = process.env.SNOWFLOCK_TEMPLATE_ROOT ?? '/dev/shm';
 const PREFIX = 'snowflock-tpl-';
@@ -101,10 +102,19 @@ export async function bootAndGreet(
     const channel = await Promise.race([greeted, died]);
     return { pid: started.pid, channel, started };
   } catch (e) {
+    // A closed channel usually means QEMU is exiting: give it a moment to say so.
+    const exit = await Promise.race([started.exited, sleep(300).then(() => null)]);
     killQuietly(started.pid);
     if (e instanceof UserError) throw e;
+    const panic = panicLine(spec.console);
+    if (exit) {
+      throw new UserError(
+        `the guest of ${label} stopped before it booted (QEMU exit code ${exit.code}${exit.stderr ? `: ${exit.stderr}` : ''}): ` +
+          (panic ?? `last console lines: ${consoleTail(spec.console)}`),
+      );
+    }
     throw new UserError(
-      `the guest of ${label} did not boot within ${Math.round(timeoutMs / 1000)} s; last console lines: ${consoleTail(spec.console)}`,
+      `the guest of ${label} did not boot within ${Math.round(timeoutMs / 1000)} s; ${panic ?? `last console lines: ${consoleTail(spec.console)}`}`,
     );
   }
 }
