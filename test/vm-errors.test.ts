@@ -54,7 +54,7 @@ describe('vm provider: faults and bad input', function () {
     const e = await rejection(ensureTemplate(image, chooseAccel(), log));
     expect(e).to.be.instanceOf(UserError);
     expect(e.message.split('\n')).to.have.length(1);
-    expect(e.message).to.match(/template VM .*(exited|did not boot)/);
+    expect(e.message).to.match(/template VM .*(stopped before it booted|did not boot)/);
     expect(e.message).to.match(/panic|Kernel|init/i);
     expect(readdirSync(TEMPLATE_ROOT).filter((n) => n.includes(`.build-${process.pid}`))).to.deep.equal([]);
   });
