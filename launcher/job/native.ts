@@ -71,10 +71,12 @@ function openMpiCommand(ctx: NativeContext, dir: string, shim: string, port: num
   writeFileSync(hostfile, clones.map((c) => `${c.address} slots=${ppn}\n`).join(''));
   const subnet = ticket.network.subnet;
   const argv = ['mpirun.openmpi', '--allow-run-as-root', '--oversubscribe', '--hostfile', hostfile];
-  argv.push('--mca', 'plm_rsh_agent', shim, '--mca', 'oob_tcp_if_include', subnet, '--mca', 'btl_tcp_if_include', subnet);
+  // Each daemon checks at start that the agent's program exists where it runs, although with no tree
+  // spawn it never uses it; the shim's file lives in the host's /tmp, which a clone does not see, so
+  // the agent is `sh SHIM`: sh exists in every clone, and only mpirun on the host runs the shim.
+  argv.push('--mca', 'plm_rsh_agent', `sh ${shim}`, '--mca', 'plm_rsh_no_tree_spawn', '1');
+  argv.push('--mca', 'oob_tcp_if_include', subnet, '--mca', 'btl_tcp_if_include', subnet);
   argv.push('--mca', 'oob_tcp_static_ipv4_ports', String(port));
-  // The daemons start through the shim, not ssh: no need to probe for a login shell or use a tree.
-  argv.push('--mca', 'plm_rsh_no_tree_spawn', '1', '--mca', 'plm_rsh_assume_same_shell', '1');
   if (job.placement === 'cyclic') argv.push('--map-by', 'node');
   if (job.tagOutput) argv.push('--tag-output');
   if (job.timestampOutput) argv.push('--timestamp-output');
