@@ -71,6 +71,8 @@ export class Engine {
   readonly config: EngineConfig;
   private readonly store: RecordStore;
   private readonly live = new Map<string, LiveTicket>();
+  /** Tickets this engine has torn down: a later join/kill of one (a signal raced the caller) is not an error. */
+  private readonly ended = new Map<string, TeardownReport>();
   private readonly providers = new Map<ProviderName, Promise<Provider>>();
 
   constructor(opts: EngineOptions = {}) {
@@ -276,6 +278,8 @@ export class Engine {
   private teardown(id: string, known?: StateRecord): Promise<TeardownReport> {
     const entry = this.live.get(id);
     if (entry?.teardown) return entry.teardown;
+    const ended = this.ended.get(id);
+    if (ended && !entry) return Promise.resolve(ended);
     const work = (async () => {
       const record = entry?.ledger.record ?? known ?? (await this.record(id));
       const report = await timed(log, `ticket ${id}: teardown`, () =>
@@ -286,6 +290,7 @@ export class Engine {
         throw new Error(`ticket ${id}: could not remove ${report.failed.join('; ')}; retry with snowflock cleanup ${id}`);
       }
       await this.store.remove(id);
+      this.ended.set(id, report);
       return report;
     })();
     if (entry) entry.teardown = work;
