@@ -50,6 +50,11 @@ export async function main(argv: string[]): Promise<number> {
   const job = parsed.job;
   configureLogging({ verbosity: job.verbosity, logFile: job.logFile });
   const engine = new Engine({ stateDir: process.env.SNOWFLOCK_STATE_DIR });
+  // A bug must not leave the cluster behind: tear down whatever this engine made, then fail.
+  process.once('uncaughtException', (e) => {
+    process.stderr.write(`sfmpirun: internal error: ${e.stack ?? e.message}\n`);
+    void engine.killAll().finally(() => process.exit(1));
+  });
   return runJob(job, engine, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env });
 }
 

@@ -190,6 +190,21 @@ describe('sfmpirun', function () {
   });
 
   describe('signals and timeout', () => {
+    it('stops the job when its stdout is closed by the reader, as a pipeline would', async () => {
+      let closed = false;
+      const run = await sfmpirun(['-np', '2', program('bigout'), '200'], {
+        onStdout: (_text, child) => {
+          if (!closed) {
+            closed = true;
+            child.stdout!.destroy();
+          }
+        },
+      });
+      expect(run.code).to.equal(141);
+      expect(run.stderr).to.match(/^sfmpirun: stdout was closed by its reader; stopped the job$/m);
+      expectClean(run);
+    });
+
     it('forwards SIGINT to every rank, then tears down', async () => {
       let sent = false;
       const run = await sfmpirun(['-np', '2', program('sleeper')], {

@@ -118,18 +118,27 @@ export class LineForwarder {
 
   private write(data: Buffer): void {
     let full = false;
-    for (const sink of this.sinks) if (!sink.write(data)) full = true;
+    // A closed sink (the reader of a pipe went away) gets nothing more; JobOutput reports it once.
+    for (const sink of this.sinks) if (!sink.destroyed && !sink.write(data)) full = true;
     if (!full) return;
     this.source.pause();
-    let waiting = this.sinks.filter((s) => s.writableNeedDrain).length;
+    const full_ = this.sinks.filter((s) => s.writableNeedDrain && !s.destroyed);
+    let waiting = full_.length;
     if (waiting === 0) {
       this.source.resume();
       return;
     }
-    for (const sink of this.sinks.filter((s) => s.writableNeedDrain)) {
-      sink.once('drain', () => {
+    for (const sink of full_) {
+      let settled = false;
+      const settle = () => {
+        if (settled) return;
+        settled = true;
+        sink.off('drain', settle);
+        sink.off('close', settle);
         if (--waiting === 0) this.source.resume();
-      });
+      };
+      sink.on('drain', settle);
+      sink.on('close', settle);
     }
   }
 }
@@ -156,10 +165,23 @@ export class JobOutput {
   private readonly forwarders: LineForwarder[] = [];
   private readonly files: Writable[] = [];
 
+  /**
+   * `onClosed` is told once when the launcher's stdout or stderr breaks (e.g. `sfmpirun ... | head`):
+   * what a shell pipeline does then is stop, so the job stops as if by SIGPIPE.
+   */
   constructor(
     private readonly opts: OutputOptions,
     private readonly terminal: { stdout: Writable; stderr: Writable },
-  ) {}
+    onClosed: (stream: StreamName) => void = () => undefined,
+  ) {
+    for (const stream of ['stdout', 'stderr'] as const) {
+      let told = false;
+      terminal[stream].on('error', () => {
+        if (!told) onClosed(stream);
+        told = true;
+      });
+    }
+  }
 
   /** Forwards one rank's stdout and stderr. */
   attach(rank: number, hostname: string, stdout: Readable, stderr: Readable, opts: { raw?: boolean } = {}): void {

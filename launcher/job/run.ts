@@ -101,6 +101,7 @@ export async function runJob(job: JobSpec, engine: JobEngine, io: JobIo): Promis
       const output = new JobOutput(
         { dialect: job.dialect, tag: job.tagOutput, timestamp: job.timestampOutput, outfilePattern: job.outfilePattern, errfilePattern: job.errfilePattern, outputDirectory: job.outputDirectory },
         io,
+        (stream) => stopper.outputClosed(stream),
       );
       stdin = new StdinRouter(io.stdin);
       if (plan.launch === 'native') {
@@ -139,7 +140,7 @@ export async function runJob(job: JobSpec, engine: JobEngine, io: JobIo): Promis
     plan.launch === 'native' && outcomes[0] && !policy.wasStopped
       ? nativeOutcome(outcomes[0], launcher, scanner.failure, (rank) => nativeClone(job, clones, rank))
       : policy.verdict();
-  if (verdict.line) io.stderr.write(verdict.line + '\n');
+  if (verdict.line && !io.stderr.destroyed) io.stderr.write(verdict.line + '\n');
   log.info(`phases (ms): ${Object.entries(clock.phases).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   if (job.reportFile) {
     const report: JobReport = {

@@ -52,6 +52,14 @@ export class JobStopper {
     this.deadline.unref();
   }
 
+  /** The launcher's stdout or stderr was closed by its reader: stop the job as SIGPIPE would. */
+  outputClosed(stream: string): void {
+    if (this.stopping) return;
+    this.stopping = 'SIGPIPE';
+    this.job.stopped(128 + signalNumber('SIGPIPE'), `sfmpirun: ${stream} was closed by its reader; stopped the job`);
+    this.stopRanks('SIGTERM');
+  }
+
   private onSignal(sig: NodeJS.Signals): void {
     this.signalCount++;
     if (this.signalCount > 1 && sig === 'SIGINT') {
