@@ -41,6 +41,8 @@ export interface GuestImage {
 const FORMAT = '1';
 const BUSYBOX = '/bin/busybox';
 const DROPBEAR = '/usr/sbin/dropbear';
+/** dropbear's client, as the guests' `ssh`: cluster nodes have one, and Open MPI's daemons look for it. */
+const DBCLIENT = '/usr/bin/dbclient';
 
 export function agentPath(): string {
   return join(projectRoot(), 'native', 'build', 'agent');
@@ -69,7 +71,9 @@ async function composeTree(src: ImageSource, kernel: GuestKernel): Promise<Guest
   // Programs first, so that their files win over anything below with the same path.
   const files = await closure((src.programs ?? []).map((p) => resolve(p)), src.mpi ?? 'none');
   const dropbear = await lddLibraries(DROPBEAR);
-  for (const f of [...files, DROPBEAR, ...dropbear.libs, BUSYBOX]) t.hostPath(f);
+  const dbclient = existsSync(DBCLIENT) ? [DBCLIENT, ...(await lddLibraries(DBCLIENT)).libs] : [];
+  for (const f of [...files, DROPBEAR, ...dropbear.libs, ...dbclient, BUSYBOX]) t.hostPath(f);
+  if (dbclient.length && !t.has('/usr/bin/ssh')) t.symlink('/usr/bin/ssh', 'dbclient');
 
   if (src.workdir) addWorkdir(t, resolve(src.workdir));
 
