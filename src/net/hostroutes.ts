@@ -1,30 +1,54 @@
 /**
  * What the host already uses: subnets of its routes and addresses, which the pool must skip.
+ * Read from the kernel's files rather than `ip`, because a process start costs tens of ms on a busy
+ * host and this is on every ticket's path.
  */
-import { ipJson } from './ip.js';
+import { readFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
 import { overlaps } from './pool.js';
 
-interface RouteEntry {
-  dst: string;
-}
-interface AddrEntry {
-  addr_info?: Array<{ family: string; local: string; prefixlen: number }>;
+/** IPv4 prefixes routed (main table, default route excluded) or addressed on the host. */
+export async function hostPrefixes(): Promise<string[]> {
+  const out = new Set<string>();
+  for (const addrs of Object.values(networkInterfaces())) {
+    for (const a of addrs ?? []) if (a.family === 'IPv4' && a.cidr) out.add(a.cidr);
+  }
+  for (const r of routes()) out.add(r);
+  return [...out];
 }
 
-/** IPv4 prefixes routed or addressed on the host (the default route excluded). */
-export async function hostPrefixes(): Promise<string[]> {
-  const [routes, addrs] = await Promise.all([
-    ipJson<RouteEntry[]>(['-4', 'route', 'show', 'table', 'all']),
-    ipJson<AddrEntry[]>(['-4', 'addr', 'show']),
-  ]);
-  const out = new Set<string>();
-  for (const r of routes) {
-    if (!r.dst || r.dst === 'default' || !/^\d/.test(r.dst)) continue;
-    out.add(r.dst.includes('/') ? r.dst : `${r.dst}/32`);
+/** /proc/net/route: destination and mask in host (little-endian) hex. */
+function routes(): string[] {
+  let text: string;
+  try {
+    text = readFileSync('/proc/net/route', 'utf8');
+  } catch {
+    return [];
   }
-  for (const a of addrs) for (const i of a.addr_info ?? []) if (i.family === 'inet') out.add(`${i.local}/${i.prefixlen}`);
-  // Loopback and local routes (127/8, broadcast entries) never collide with a private pool anyway.
-  return [...out];
+  const out: string[] = [];
+  for (const line of text.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 8) continue;
+    const dest = hexToAddress(f[1]!);
+    const bits = maskBits(f[7]!);
+    if (bits > 0) out.push(`${dest}/${bits}`);
+  }
+  return out;
+}
+
+function hexToAddress(hex: string): string {
+  const n = parseInt(hex, 16);
+  return [0, 8, 16, 24].map((s) => (n >>> s) & 255).join('.');
+}
+
+function maskBits(hex: string): number {
+  let n = parseInt(hex, 16) >>> 0;
+  let bits = 0;
+  while (n) {
+    bits += n & 1;
+    n >>>= 1;
+  }
+  return bits;
 }
 
 export function isUsed(subnet: string, used: string[]): boolean {

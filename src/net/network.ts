@@ -48,13 +48,16 @@ export async function claimSubnet(pool: Pool, claimsDir: string, ledger: Ledger)
 
 /** Creates the bridge with the gateway address, and the isolation table. */
 export async function createNetwork(net: TicketNetwork, ledger: Ledger): Promise<void> {
-  await ledger.add({ kind: 'link', name: net.bridge });
-  // Multicast snooping off: multicast between clones then works without a querier.
-  await ipBatch([
-    `link add ${net.bridge} type bridge mcast_snooping 0`,
-    `addr add ${net.gateway}/${net.prefixLength} dev ${net.bridge}`,
-    `link set ${net.bridge} up`,
+  await ledger.add({ kind: 'link', name: net.bridge }, { kind: 'nft-table', family: 'inet', name: net.table });
+  // Both at once: the rules name the bridge by name, so it need not exist yet. Until both are done,
+  // no clone is attached, so there is no moment of missing isolation.
+  await Promise.all([
+    // Multicast snooping off: multicast between clones then works without a querier.
+    ipBatch([
+      `link add ${net.bridge} type bridge mcast_snooping 0`,
+      `addr add ${net.gateway}/${net.prefixLength} dev ${net.bridge}`,
+      `link set ${net.bridge} up`,
+    ]),
+    createTable(net),
   ]);
-  await ledger.add({ kind: 'nft-table', family: 'inet', name: net.table });
-  await createTable(net);
 }

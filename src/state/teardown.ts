@@ -4,11 +4,15 @@
  * nft call, processes in parallel). Something already gone is fine; a failure to remove something
  * is reported and teardown goes on, so that one stuck item never leaves the rest behind.
  */
+import { existsSync, readFileSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Resource } from '../types.js';
-import { ipBatch, ipJson, nft } from '../net/ip.js';
+import { ipBatch, nft } from '../net/ip.js';
 import { killAndWait } from './process.js';
+import { logger } from '../log.js';
+
+const log = logger('teardown');
 
 export interface TeardownReport {
   /** One line per removed resource, e.g. "link sf1a2b3c". */
@@ -46,7 +50,9 @@ export async function removeResources(resources: readonly Resource[], ctx: Teard
   for (let i = 0; i < reversed.length; ) {
     let j = i;
     while (j < reversed.length && reversed[j]!.kind === reversed[i]!.kind) j++;
+    const t0 = performance.now();
     await removeRun(reversed.slice(i, j), ctx, report);
+    log.debug(`removed ${j - i} ${reversed[i]!.kind}: ${(performance.now() - t0).toFixed(1)} ms`);
     i = j;
   }
   return report;
@@ -82,30 +88,31 @@ type LinkResource = Extract<Resource, { kind: 'link' }>;
 /**
  * Which links still need an explicit delete. A veth whose other end sat in a clone's namespace goes
  * away by itself shortly after that namespace, and the kernel removes those in one batch; deleting
- * them one by one costs a grace period each (about 20 ms). So wait a little for veths to vanish.
+ * them one by one costs a grace period each (about 20 ms). So wait a little for paired links to vanish.
+ * Read from /sys (the host's network namespace is ours) to spare a process start per look.
  */
 async function linksToDelete(run: LinkResource[], report: TeardownReport): Promise<LinkResource[]> {
-  const names = new Set(run.map((r) => r.name));
-  let present = await presentLinks(names);
-  const deadline = Date.now() + VETH_GRACE_MS;
+  const deadline = Date.now() + PAIRED_GRACE_MS;
   let delay = 5;
-  while ([...present.values()].some((kind) => kind === 'veth') && Date.now() < deadline) {
+  while (run.some((r) => isPaired(r.name)) && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, delay));
     delay = Math.min(delay * 2, 100);
-    present = await presentLinks(names);
   }
-  for (const r of run) if (!present.has(r.name)) report.removed.push(describe(r));
-  return run.filter((r) => present.has(r.name));
+  const present = run.filter((r) => existsSync(`/sys/class/net/${r.name}`));
+  for (const r of run) if (!present.includes(r)) report.removed.push(describe(r));
+  return present;
 }
 
-const VETH_GRACE_MS = 2000;
+const PAIRED_GRACE_MS = 2000;
 
-/** Of the given link names, those that exist, with their kind (veth, bridge, tun, ...). */
-async function presentLinks(names: Set<string>): Promise<Map<string, string>> {
-  const links = await ipJson<Array<{ ifname: string; linkinfo?: { info_kind?: string } }>>(['-d', 'link', 'show']);
-  const out = new Map<string, string>();
-  for (const l of links) if (names.has(l.ifname)) out.set(l.ifname, l.linkinfo?.info_kind ?? '');
-  return out;
+/** A link whose peer is another link (a veth): iflink names the peer's index instead of its own. */
+function isPaired(name: string): boolean {
+  try {
+    const dir = `/sys/class/net/${name}`;
+    return readFileSync(`${dir}/iflink`, 'utf8').trim() !== readFileSync(`${dir}/ifindex`, 'utf8').trim();
+  } catch {
+    return false;
+  }
 }
 
 /** Removes one resource; false when it was already gone. */
