@@ -139,17 +139,18 @@ describe('snowflock CLI', function () {
     expect(r.stdout).to.include(`netns sf${id}-0`);
   });
 
-  it('SIGINT during run tears everything down and dies of SIGINT', async () => {
-    const { child, result } = start(['run', '-n', '2', '--', 'sleep', '600']);
-    const id = await recordWithClones(2);
-    ours.push(id);
-    // Wait until the sleeps run (their enter processes are the CLI's children).
-    await new Promise((r) => setTimeout(r, 300));
-    child.kill('SIGINT');
-    const r = await result;
-    expect(r.signal, r.stderr).to.equal('SIGINT');
-    expect(records()).to.not.include(id);
-  });
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    it(`${sig} during run tears everything down and dies of ${sig}`, async () => {
+      const { child, result } = start(['run', '-n', '2', '--', 'sh', '-c', 'echo up; exec sleep 600']);
+      const id = await recordWithClones(2);
+      ours.push(id);
+      await new Promise<void>((r) => child.stdout!.on('data', (d: Buffer) => d.toString().includes('up') && r()));
+      child.kill(sig);
+      const r = await result;
+      expect(r.signal, r.stderr).to.equal(sig);
+      expect(records()).to.not.include(id);
+    });
+  }
 
   describe('bad input: one line, non-zero exit, nothing created', () => {
     const noTool = mkdtempSync(join(tmpdir(), 'sf-cli-path-'));
