@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { logger } from '../src/log.js';
-import { VmProvider, type VmCheckpointDetail } from '../src/providers/vm/index.js';
+import { VmClone, VmProvider, type VmCheckpointDetail } from '../src/providers/vm/index.js';
 import type { Checkpoint, Clone, CloneProcess, ExitStatus } from '../src/types.js';
 import { leftovers, testTicket, type TestTicket } from './vm-fixture.js';
 
@@ -138,6 +138,20 @@ describe('vm provider (QEMU)', function () {
     const missing = await collect(c.spawn(['no-such-program'], { env: ENV }));
     expect(missing.code).to.equal(127);
     expect(missing.err).to.match(/no-such-program/);
+    await finish(t);
+  });
+
+  it('lets the user in over SSH, with the same process semantics', async () => {
+    const { t, clones } = await ticketWith(2);
+    const c = clones[1] as VmClone;
+    const r = await collect(c.sshSpawn(['sh', '-c', 'hostname; echo "$GREETING"; pwd; exit 4'], { env: { ...ENV, GREETING: "it's me" }, cwd: '/tmp' }));
+    expect(r).to.include({ code: 4, out: `${c.hostname}\nit's me\n/tmp\n` });
+    const cat = c.sshSpawn(['cat'], { env: ENV, stdin: 'pipe' });
+    const done = collect(cat);
+    cat.stdin!.end('through ssh\n');
+    expect(await done).to.include({ code: 0, out: 'through ssh\n' });
+    // Agent and SSH side by side on the same clone.
+    expect((await collect(c.agentSpawn(['hostname'], { env: ENV }))).out).to.equal(`${c.hostname}\n`);
     await finish(t);
   });
 

@@ -17,6 +17,7 @@ import { cloneAddress } from '../../net/pool.js';
 import { cloneMac, cloneName } from '../../net/names.js';
 import { AgentChannel, Frame } from './agent-client.js';
 import { Qmp } from './qmp.js';
+import { SshLink } from './ssh.js';
 import { type Accel, consoleTail, processStart, startQemu, type VmSpec } from './qemu.js';
 import { bootAndGreet, bootTimeoutMs, killQuietly, type Template, vmFiles } from './template.js';
 
@@ -40,7 +41,13 @@ export interface VmHandle {
  */
 export class VmClone implements Clone {
   private channel: AgentChannel | null;
+  private ssh: SshLink | null = null;
   private running = 0;
+  /**
+   * How spawn() starts processes: through the guest agent (default), or over SSH
+   * (sfmpirun --launch-channel ssh; also SNOWFLOCK_LAUNCH_CHANNEL=ssh).
+   */
+  launchChannel: 'agent' | 'ssh' = process.env.SNOWFLOCK_LAUNCH_CHANNEL === 'ssh' ? 'ssh' : 'agent';
 
   constructor(
     readonly ticket: Ticket,
@@ -55,20 +62,34 @@ export class VmClone implements Clone {
   }
 
   spawn(argv: string[], opts: SpawnOptions): CloneProcess {
+    return this.launchChannel === 'ssh' ? this.sshSpawn(argv, opts) : this.agentSpawn(argv, opts);
+  }
+
+  agentSpawn(argv: string[], opts: SpawnOptions): CloneProcess {
     if (!this.channel || this.channel.closed) this.channel = AgentChannel.connectNow(this.handle.control, `clone ${this.hostname}`);
-    const channel = this.channel;
-    const proc = channel.spawn(argv, opts);
+    return this.track(this.channel.spawn(argv, opts));
+  }
+
+  /** Starts a process over SSH (dropbear in the guest); see ssh.ts. */
+  sshSpawn(argv: string[], opts: SpawnOptions): CloneProcess {
+    this.ssh ??= new SshLink(this.address, `clone ${this.hostname}`);
+    return this.track(this.ssh.spawn(argv, opts));
+  }
+
+  private track(proc: CloneProcess): CloneProcess {
     this.running++;
     void proc.exited.then(() => {
-      if (--this.running === 0 && this.channel === channel) this.release();
+      if (--this.running === 0) this.release();
     });
     return proc;
   }
 
-  /** Closes this process's connection to the agent (the VM keeps running). */
+  /** Closes this process's connections to the clone (the VM keeps running). */
   release(): void {
     this.channel?.close();
     this.channel = null;
+    this.ssh?.close();
+    this.ssh = null;
   }
 
   info(): CloneInfo {
