@@ -1,11 +1,11 @@
 /*
  * holder: creates the namespaces of one or more netns clones and holds them open.
  *
- *   holder [--share-tmp /tmp/NAME]... [--gateway GW/PREFIX] HOSTNAME[=ADDRESS]...
+ *   holder [--share-tmp /tmp/NAME]... [--hosts FILE] [--resolv FILE] [--gateway GW/PREFIX] HOSTNAME[=ADDRESS]...
  *
  * For each HOSTNAME, a child is cloned into new network, UTS, IPC, mount and PID namespaces. It is
  * PID 1 of its PID namespace: it mounts a fresh /proc, a private /tmp and /dev/shm, sets the
- * hostname, and then only reaps orphans until it is killed (which ends every process of the clone).
+ * hostname, puts FILE over /etc/hosts (so that clones know each other by name), and then only reaps orphans until it is killed (which ends every process of the clone).
  *
  * Handshake with the engine, so that no clone can outlive a creator that did not record it:
  * holder prints one host-visible PID per clone, then "ready". The engine writes the PIDs to the
@@ -37,6 +37,8 @@
 
 static const char *shared_tmp[MAX_SHARED];
 static int n_shared;
+static const char *hosts_file;
+static const char *resolv_file;
 static struct in_addr gateway;
 static int prefix_len;
 static int have_gateway;
@@ -79,6 +81,11 @@ static void setup_clone(const char *hostname, int ready) {
   /* Nor should we hold copies of other namespaces' mounts at all. */
   umount2("/run/netns", MNT_DETACH);
   if (sethostname(hostname, strlen(hostname)) < 0) fail(ready, "sethostname %s", hostname);
+  /* Before the private /tmp: FILE may live under the host's /tmp. */
+  if (hosts_file && mount(hosts_file, "/etc/hosts", NULL, MS_BIND, NULL) < 0) fail(ready, "bind %s on /etc/hosts", hosts_file);
+  /* A host without /etc/resolv.conf has no DNS to hang on: nothing to replace then. */
+  if (resolv_file && access("/etc/resolv.conf", F_OK) == 0 && mount(resolv_file, "/etc/resolv.conf", NULL, MS_BIND, NULL) < 0)
+    fail(ready, "bind %s on /etc/resolv.conf", resolv_file);
   if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) fail(ready, "mount /dev/shm");
   private_tmp(ready);
   if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) fail(ready, "mount /proc");
@@ -171,6 +178,10 @@ int main(int argc, char **argv) {
     if (strcmp(argv[first], "--share-tmp") == 0) {
       if (n_shared == MAX_SHARED) { fprintf(stderr, "holder: too many --share-tmp\n"); return 2; }
       shared_tmp[n_shared++] = argv[first + 1];
+    } else if (strcmp(argv[first], "--hosts") == 0) {
+      hosts_file = argv[first + 1];
+    } else if (strcmp(argv[first], "--resolv") == 0) {
+      resolv_file = argv[first + 1];
     } else if (strcmp(argv[first], "--gateway") == 0) {
       char gw[64];
       snprintf(gw, sizeof gw, "%s", argv[first + 1]);

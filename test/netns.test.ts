@@ -35,11 +35,15 @@ async function collect(p: CloneProcess): Promise<Output> {
 const run = (clone: Clone, argv: string[], extra: Record<string, string> = {}, cwd?: string) =>
   collect(clone.spawn(argv, { env: { ...env(), ...extra }, ...(cwd ? { cwd } : {}) }));
 
-/** A TCP client run inside a clone: prints what the server sent, or "blocked" if it cannot connect. */
-const client = (host: string, port: number) => [
+/**
+ * A TCP client run inside a clone: prints what the server sent, or "blocked" if it cannot connect.
+ * Every target below has a listener, so any failure to connect is the firewall's doing. The timeout
+ * only bounds waiting for a dropped SYN; connections that must work get a generous one.
+ */
+const client = (host: string, port: number, timeoutMs = 3000) => [
   process.execPath,
   '-e',
-  `const s=require('net').connect(${port},'${host}');let d='';s.setTimeout(1500,()=>{console.log('blocked');process.exit(0)});` +
+  `const s=require('net').connect(${port},'${host}');let d='';s.setTimeout(${timeoutMs},()=>{console.log('blocked');process.exit(0)});` +
     `s.on('data',b=>d+=b);s.on('end',()=>{console.log(d);process.exit(0)});s.on('error',e=>{console.log('blocked '+e.code);process.exit(0)})`,
 ];
 
@@ -97,20 +101,24 @@ describe('netns clones (engine)', function () {
     expect(new Set(clones.map((c) => c.hostname)).size).to.equal(4);
     expect(new Set(clones.map((c) => c.address)).size).to.equal(4);
     for (const c of clones) {
-      const out = await run(c, ['sh', '-c', 'hostname; ip -4 -o addr show dev eth0; ip route show default; cat /proc/1/comm']);
-      const [hostname, addr, route, init] = out.stdout.trim().split('\n');
+      const out = await run(c, ['sh', '-c', 'hostname; ip -4 -o addr show dev eth0; ip route show default; cat /proc/1/comm; getent hosts ' + clones[3]!.hostname]);
+      const [hostname, addr, route, init, peer] = out.stdout.trim().split('\n');
       expect(hostname).to.equal(c.hostname);
       expect(addr).to.include(`inet ${c.address}/24`);
       expect(route).to.include(`default via ${ticket.network.gateway}`);
       expect(init, 'a PID namespace with its own /proc').to.equal('holder');
+      expect(peer, 'siblings known by name').to.match(new RegExp(`^${clones[3]!.address.replace(/\./g, '\\.')}\\s+${clones[3]!.hostname}$`));
     }
+    // No DNS beyond the host: a name outside the ticket fails (at once: the gateway refuses port 53).
+    const dns = await run(clones[0]!, ['sh', '-c', 'getent hosts no-such-host.invalid; echo "status $?"; cat /etc/resolv.conf']);
+    expect(dns.stdout).to.include('status 2').and.include(`nameserver ${ticket.network.gateway}`);
     await engine.kill(ticket);
   });
 
   it('lets siblings reach each other over TCP', async () => {
     const { ticket, clones } = await ticketWithClones(2);
     const srv = await startServer(clones[1]!, 7000);
-    const out = await run(clones[0]!, client(clones[1]!.address, 7000));
+    const out = await run(clones[0]!, client(clones[1]!.address, 7000, 30_000));
     expect(out.stdout.trim()).to.equal(`hi from ${clones[1]!.hostname}`);
     srv.kill('SIGTERM');
     await engine.kill(ticket);
@@ -123,7 +131,7 @@ describe('netns clones (engine)', function () {
     const srvB = await startServer(b.clones[0]!, 7001);
     const srvA = await startServer(a.clones[1]!, 7001);
     // The same client reaches a sibling, so "blocked" below means the firewall, not a broken client.
-    expect((await run(a.clones[0]!, client(a.clones[1]!.address, 7001))).stdout).to.include('hi from');
+    expect((await run(a.clones[0]!, client(a.clones[1]!.address, 7001, 30_000))).stdout).to.include('hi from');
     expect((await run(a.clones[0]!, client(b.clones[0]!.address, 7001))).stdout).to.match(/^blocked/);
     expect((await run(b.clones[0]!, client(a.clones[1]!.address, 7001))).stdout).to.match(/^blocked/);
 
@@ -132,7 +140,7 @@ describe('netns clones (engine)', function () {
       expect((await run(a.clones[0]!, client(a.ticket.network.gateway, host.port))).stdout).to.match(/^blocked/);
       await engine.openPort(a.ticket, host.port);
       expect(a.ticket.openPorts).to.include(host.port);
-      expect((await run(a.clones[0]!, client(a.ticket.network.gateway, host.port))).stdout.trim()).to.equal('hi from the host');
+      expect((await run(a.clones[0]!, client(a.ticket.network.gateway, host.port, 30_000))).stdout.trim()).to.equal('hi from the host');
       // Opened for ticket a only: b still cannot reach it, not even through a's gateway address.
       expect((await run(b.clones[0]!, client(b.ticket.network.gateway, host.port))).stdout).to.match(/^blocked/);
       expect((await run(b.clones[0]!, client(a.ticket.network.gateway, host.port))).stdout).to.match(/^blocked/);

@@ -8,7 +8,9 @@
  *   as both input and output device then, so the same rule covers both cases.
  * - nothing else is forwarded to or from the bridge: not other tickets' clones, not beyond the host.
  * - the host accepts from the bridge only replies, and new TCP connections to the ports the ticket
- *   opened on its gateway address.
+ *   opened on its gateway address. Everything else is refused at once (a TCP reset, an ICMP port
+ *   unreachable), so that a program in a clone that tries a closed port, or a DNS lookup (the clones'
+ *   resolv.conf names the gateway), fails fast instead of hanging.
  */
 import type { TicketNetwork } from '../types.js';
 import { nftScript } from './ip.js';
@@ -21,7 +23,8 @@ export function tableScript(net: TicketNetwork): string {
     type filter hook input priority filter - 5; policy accept;
     iifname ${br} ct state established,related accept
     iifname ${br} ip daddr ${net.gateway} tcp dport @open_ports accept
-    iifname ${br} drop
+    iifname ${br} meta l4proto tcp reject with tcp reset
+    iifname ${br} reject
   }
   chain forward {
     type filter hook forward priority filter - 5; policy accept;

@@ -13,6 +13,9 @@ export const vethName = (ticketId: string, clone: number): string => `sf${ticket
 /** Hostname of clone i, also the name of its network namespace (ip netns exec works with it). */
 export const cloneName = (ticketId: string, clone: number): string => `sf${ticketId}-${clone}`;
 
+/** The host, as the ticket's clones know it (in their /etc/hosts). */
+export const gatewayHostname = (ticketId: string): string => `sf${ticketId}-host`;
+
 /** A locally administered unicast MAC: 02, the ticket id, then the clone number in two bytes. */
 export function cloneMac(ticketId: string, clone: number): string {
   const hex = `02${ticketId}${clone.toString(16).padStart(4, '0')}`;

@@ -19,6 +19,10 @@ export interface HolderOptions {
   prefixLength: number;
   /** Directories under /tmp that the clones share with the host (their /tmp is otherwise private). */
   shareTmp: string[];
+  /** Put over /etc/hosts in every clone. */
+  hostsFile?: string;
+  /** Put over /etc/resolv.conf in every clone. */
+  resolvFile?: string;
 }
 
 export class HolderBatch {
@@ -56,6 +60,8 @@ export class HolderBatch {
   static async start(clones: HolderClone[], opts: HolderOptions): Promise<{ batch: HolderBatch; pids: number[] }> {
     const args = ['--gateway', `${opts.gateway}/${opts.prefixLength}`];
     for (const dir of opts.shareTmp) args.push('--share-tmp', dir);
+    if (opts.hostsFile) args.push('--hosts', opts.hostsFile);
+    if (opts.resolvFile) args.push('--resolv', opts.resolvFile);
     for (const c of clones) args.push(`${c.hostname}=${c.address}`);
     // Own session: a Ctrl-C on the terminal reaches us, and we tear down; it must not hit the clones directly.
     const child = spawn(join(opts.nativeDir, 'holder'), args, { stdio: 'pipe', detached: true });

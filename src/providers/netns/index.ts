@@ -3,12 +3,13 @@
  * native holder process, with a veth into the ticket's bridge. It sees the host's files, like a
  * cluster node sharing a home directory, except /tmp and /dev/shm, which are its own.
  */
-import { sep } from 'node:path';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join, sep } from 'node:path';
 import { existsSync } from 'node:fs';
 import type { Logger } from '../../log.js';
 import { timed } from '../../log.js';
 import { ipBatch } from '../../net/ip.js';
-import { cloneMac, cloneName, vethName } from '../../net/names.js';
+import { cloneMac, cloneName, gatewayHostname, vethName } from '../../net/names.js';
 import { cloneAddress } from '../../net/pool.js';
 import { startTime, type ProcessIdentity } from '../../state/process.js';
 import type { Checkpoint, CheckpointSource, Clone, CloneInfo, Resource, SpawnOptions, Ticket } from '../../types.js';
@@ -44,8 +45,22 @@ export class NetnsProvider implements Provider {
     // namespaces, all at once, which is much faster than deleting them one by one.
     await ledger.add(...infos.map((c): Resource => ({ kind: 'link', name: vethName(ticket.id, c.id) })));
 
+    // Inside the ticket's directory, which is recorded and goes with it.
+    const hostsFile = join(ledger.dir, 'hosts');
+    const resolvFile = join(ledger.dir, 'resolv.conf');
+    await Promise.all([
+      writeFile(hostsFile, await hostsText(ticket.id, net.gateway, infos)),
+      writeFile(resolvFile, resolvText(net.gateway)),
+    ]);
     const { batch, pids } = await timed(log, `holders for ${count} clones`, () =>
-      HolderBatch.start(infos, { nativeDir: this.nativeDir, gateway: net.gateway, prefixLength: net.prefixLength, shareTmp: sharedTmpDirs() }),
+      HolderBatch.start(infos, {
+        nativeDir: this.nativeDir,
+        gateway: net.gateway,
+        prefixLength: net.prefixLength,
+        shareTmp: sharedTmpDirs(),
+        hostsFile,
+        resolvFile,
+      }),
     );
     try {
       const holders = pids.map((pid): ProcessIdentity => ({ pid, start: startTime(pid) ?? 0 }));
@@ -99,6 +114,22 @@ export class NetnsClone implements Clone {
   spawn(argv: string[], opts: SpawnOptions) {
     return spawnInClone(this.nativeDir, this.holder, argv, opts);
   }
+}
+
+/** The host's /etc/hosts, then every clone of the ticket and the gateway by name. */
+async function hostsText(ticketId: string, gateway: string, clones: CloneInfo[]): Promise<string> {
+  const host = await readFile('/etc/hosts', 'utf8').catch(() => '127.0.0.1\tlocalhost\n');
+  const ours = [`${gateway}\t${gatewayHostname(ticketId)}`, ...clones.map((c) => `${c.address}\t${c.hostname}`)];
+  return `${host.trimEnd()}\n\n# snowflock ticket ${ticketId}\n${ours.join('\n')}\n`;
+}
+
+/**
+ * Clones reach nothing beyond the host, so the host's name servers would only make every lookup
+ * that misses /etc/hosts wait for timeouts (glibc asks for IPv6 first: 10 s per name). The gateway
+ * refuses port 53 at once, so such lookups fail fast.
+ */
+function resolvText(gateway: string): string {
+  return `# snowflock: clones have no DNS; names of the ticket are in /etc/hosts\nnameserver ${gateway}\noptions attempts:1 timeout:1\n`;
 }
 
 /**
