@@ -166,6 +166,7 @@ export class Engine {
   /** Clones of a live ticket created by another process (snowflock exec, the remote-shell shim). */
   async attach(ticketId: string): Promise<{ ticket: Ticket; clones: Clone[] }> {
     const record = await this.record(ticketId);
+    requireEngineHost();
     const provider = await this.provider(record.ticket.provider);
     const holders = record.clones.map((c) => c.handle);
     if (record.ticket.provider === 'netns' && holders.some((h) => !isRunning({ pid: Number(h.holder), start: Number(h.start) }))) {
@@ -184,6 +185,7 @@ export class Engine {
 
   /** Tears the ticket down now: its processes die with their clones. Works on any ticket with a record. */
   async kill(ticket: Ticket | string): Promise<TeardownReport> {
+    requireEngineHost();
     return this.teardown(typeof ticket === 'string' ? ticket : ticket.id);
   }
 
@@ -205,6 +207,7 @@ export class Engine {
    * subnet claims that no record owns. Never touches anything a record does not name.
    */
   async cleanup(opts: CleanupOptions = {}): Promise<CleanupReport> {
+    requireEngineHost();
     const report: CleanupReport = { tickets: [], claims: [], templates: [] };
     if (opts.ticketId !== undefined) await this.record(opts.ticketId);
     for (const r of await this.store.list()) {
