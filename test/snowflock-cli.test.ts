@@ -171,7 +171,7 @@ describe('snowflock CLI', function () {
       ['an unknown ticket', ['exec', 'abcdef', '--', 'true'], {}, /no ticket abcdef/],
       ['ip missing', ['up', '-n', '1'], { PATH: '/nonexistent' }, /ip not found in PATH; apt-get install iproute2/],
       ['nft missing', ['up', '-n', '1'], { PATH: join(noTool, 'bin') }, /nft not found in PATH; apt-get install nftables/],
-      ['not root', ['up', '-n', '1'], {}, /needs root/, ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']],
+      ['not root', ['up', '-n', '1'], {}, /not running as root; run snowflock as root/, ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']],
     ];
     for (const [what, args, env, message, prefix] of cases) {
       it(what, async () => {

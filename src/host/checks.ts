@@ -150,7 +150,7 @@ export async function runAllChecks(nativeDir: string): Promise<CheckResult[]> {
 export function requireEngineHost(): void {
   const checks = [root(), tool('ip', 'ip', 'iproute2', true), tool('nft', 'nft', 'nftables', true)];
   const bad = checks.find((c) => !c.ok);
-  if (bad) throw new HostError(bad.name === 'root' ? 'snowflock needs root' : bad.detail, bad.fix);
+  if (bad) throw new HostError(bad.name === 'root' ? 'not running as root' : bad.detail, bad.fix);
 }
 
 export function requireNativeHelpers(nativeDir: string): void {
