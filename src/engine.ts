@@ -150,6 +150,7 @@ export class Engine {
     if (!Number.isInteger(count) || count < 1 || count > t.granted) {
       throw new UserError(`cannot create ${count} clones on ticket ${t.id}, which grants ${t.granted}`);
     }
+    if (entry.ledger.record.clones.length > 0) throw new UserError(`ticket ${t.id} has its clones already; request another ticket for more`);
     if (checkpoint.provider !== t.provider) throw new Error(`a ${checkpoint.provider} checkpoint cannot make ${t.provider} clones`);
     let clones: Clone[];
     try {
