@@ -64,7 +64,11 @@ interface LiveTicket {
   provider: Provider;
   /** Processes this engine started in the ticket's clones, until they exit (join waits for them). */
   running: Set<Promise<ExitStatus>>;
+  /** Creation in progress (network, clones): teardown lets it fail at its next record, then removes all. */
+  creating?: Promise<unknown>;
   teardown?: Promise<TeardownReport>;
+  /** Boot clones instead of cloning a template (vm). */
+  coldBoot: boolean;
 }
 
 export class Engine {
@@ -108,16 +112,18 @@ export class Engine {
       kept: opts.keep ?? false,
     });
     const ticket = ledger.ticket;
-    const entry: LiveTicket = { ledger, provider, running: new Set() };
+    const entry: LiveTicket = { ledger, provider, running: new Set(), coldBoot: opts.coldBoot ?? false };
     this.live.set(ticket.id, entry);
     try {
       await ledger.add({ kind: 'dir', path: ledger.dir });
       await mkdir(ledger.dir, { recursive: true });
-      await timed(log, `ticket ${ticket.id}: network`, async () => {
-        const net = await claimSubnet(pool, this.store.claimsDir, ledger);
-        await ledger.updateTicket((t) => (t.network = net));
-        await createNetwork(net, ledger);
-      });
+      await timed(log, `ticket ${ticket.id}: network`, () =>
+        this.creation(entry, async () => {
+          const net = await claimSubnet(pool, this.store.claimsDir, ledger);
+          await ledger.updateTicket((t) => (t.network = net));
+          await createNetwork(net, ledger);
+        }),
+      );
     } catch (e) {
       await this.teardown(ticket.id);
       throw e;
@@ -155,7 +161,9 @@ export class Engine {
     let clones: Clone[];
     try {
       clones = await timed(log, `ticket ${t.id}: ${count} clones`, () =>
-        entry.provider.createClones({ ticket: t, ledger: entry.ledger, log: logger(entry.provider.name), coldBoot: false }, checkpoint, count),
+        this.creation(entry, () =>
+          entry.provider.createClones({ ticket: t, ledger: entry.ledger, log: logger(entry.provider.name), coldBoot: entry.coldBoot }, checkpoint, count),
+        ),
       );
     } catch (e) {
       await this.teardown(t.id);
@@ -263,6 +271,17 @@ export class Engine {
     throw new Error('could not find a free ticket id');
   }
 
+  /** Runs a creation step that teardown must wait for (it cannot remove what is still being made). */
+  private async creation<T>(entry: LiveTicket, fn: () => Promise<T>): Promise<T> {
+    const work = fn();
+    entry.creating = work;
+    try {
+      return await work;
+    } finally {
+      if (entry.creating === work) entry.creating = undefined;
+    }
+  }
+
   /** Wraps a clone so that join() knows which processes are still running in it. */
   private tracked(clone: Clone, entry: LiveTicket): Clone {
     const spawn = clone.spawn.bind(clone);
@@ -285,6 +304,10 @@ export class Engine {
     const ended = this.ended.get(id);
     if (ended && !entry) return Promise.resolve(ended);
     const work = (async () => {
+      if (entry) {
+        await entry.ledger.close();
+        await entry.creating?.catch(() => {});
+      }
       const record = entry?.ledger.record ?? known ?? (await this.record(id));
       const report = await timed(log, `ticket ${id}: teardown`, () =>
         removeResources(record.resources, { ticketId: id, claimsDir: this.store.claimsDir }),

@@ -217,6 +217,18 @@ describe('netns clones (engine)', function () {
     await assertNoLeaks([ticket.id], stateDir);
   });
 
+  it('kill while clones are being created stops the creation and removes everything', async () => {
+    const ticket = await engine.requestTicket(8, { provider: 'netns' });
+    ours.push(ticket.id);
+    const creating = engine.createClones(await engine.checkpoint(ticket, { provider: 'netns' }), ticket);
+    const killed = engine.kill(ticket);
+    let failure: Error | null = null;
+    await creating.catch((e: Error) => (failure = e));
+    expect(failure, 'createClones must fail').to.be.instanceOf(Error);
+    expect((await killed).failed).to.deep.equal([]);
+    await assertNoLeaks([ticket.id], stateDir);
+  });
+
   it('attach from the record reaches the same clones', async () => {
     const { ticket, clones } = await ticketWithClones(2);
     const other = new Engine({ stateDir });

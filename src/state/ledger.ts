@@ -8,6 +8,7 @@ import type { RecordStore, StateRecord } from './record.js';
 
 export class Ledger implements ResourceLedger {
   private queue: Promise<void> = Promise.resolve();
+  private closed = false;
 
   constructor(
     private readonly store: RecordStore,
@@ -45,7 +46,17 @@ export class Ledger implements ResourceLedger {
     return this.change(() => fn(this.record.ticket));
   }
 
+  /**
+   * Teardown begins: from now on nothing new may be recorded, hence nothing new created (whoever was
+   * about to create something fails at its add()). Resolves when pending writes are done.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.queue;
+  }
+
   private change(fn: () => void): Promise<void> {
+    if (this.closed) return Promise.reject(new Error(`ticket ${this.record.ticket.id} is being torn down`));
     const next = this.queue.then(async () => {
       fn();
       await this.store.write(this.record);
