@@ -125,7 +125,7 @@ export class Engine {
         }),
       );
     } catch (e) {
-      await this.teardown(ticket.id);
+      await this.teardownAfterFailure(ticket.id);
       throw e;
     }
     log.info(`ticket ${ticket.id}: ${granted} ${providerName} clone(s) on ${ticket.network.subnet}`);
@@ -166,7 +166,7 @@ export class Engine {
         ),
       );
     } catch (e) {
-      await this.teardown(t.id);
+      await this.teardownAfterFailure(t.id);
       throw e;
     }
     return clones.map((c) => this.tracked(c, entry));
@@ -269,6 +269,11 @@ export class Engine {
       if (await this.store.createExclusive(record)) return new Ledger(this.store, record, join(this.store.ticketsDir, `${id}.d`));
     }
     throw new Error('could not find a free ticket id');
+  }
+
+  /** Teardown on a failure path: the failure is what the caller must see, a teardown problem is logged. */
+  private async teardownAfterFailure(id: string): Promise<void> {
+    await this.teardown(id).catch((e: Error) => log.error(e.message));
   }
 
   /** Runs a creation step that teardown must wait for (it cannot remove what is still being made). */
