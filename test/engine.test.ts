@@ -83,6 +83,7 @@ describe('clone engine', function () {
     await rejects(new Engine({ stateDir, maxClones: 4 }).requestTicket(5), /limit is 4 per ticket/);
     await rejects(new Engine({ stateDir, pool: '100.64.0.0/16' }).requestTicket(1), /not inside a private range/);
     await rejects(engine.requestTicket(1, { provider: 'lxc' as never }), /unknown provider "lxc"/);
+    await rejects(new Engine({ stateDir, nativeDir: '/nonexistent' }).requestTicket(1, { provider: 'netns' }), /holder is not built; run make -C native/);
     await rejects(engine.attach('zzz'), /is not a ticket id/);
     await rejects(engine.attach('abcdef'), /no ticket abcdef/);
     expect(existsSync(join(stateDir, 'tickets')) ? sh(`ls ${stateDir}/tickets`).trim() : '').to.equal('');
