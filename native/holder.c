@@ -127,6 +127,9 @@ static pid_t start_clone(const char *hostname, int *ready_r) {
   if (pid == 0) {
     close(p[0]);
     quiet_stdio();
+    /* Hold nothing of our parent's (other clones' pipes, the host namespace): only the ready pipe. */
+    if (p[1] > 3) close_range(3, p[1] - 1, 0);
+    close_range(p[1] + 1, ~0U, 0);
     setup_clone(hostname, p[1]);
     if (write(p[1], "ok", 2) != 2) _exit(1);
     close(p[1]);
