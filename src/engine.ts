@@ -18,7 +18,7 @@ import { parsePool } from './net/pool.js';
 import { cleanupTemplates, loadProvider, resolveProvider } from './providers/index.js';
 import type { Provider } from './providers/provider.js';
 import { Ledger } from './state/ledger.js';
-import { isRunning, self } from './state/process.js';
+import { isRunning, self, startTime } from './state/process.js';
 import { RecordStore, type StateRecord } from './state/record.js';
 import { removeResources, type TeardownReport } from './state/teardown.js';
 import type { Checkpoint, CheckpointSource, Clone, CloneProcess, ExitStatus, ProviderName, Ticket, TicketOptions } from './types.js';
@@ -49,7 +49,7 @@ export interface CleanupOptions {
 
 export interface CleanupReport {
   tickets: Array<{ id: string } & TeardownReport>;
-  /** Subnet claims left without a record (their owner died between the two). */
+  /** Subnet claims left without a record, and half-written record updates, of owners that died. */
   claims: string[];
   templates: string[];
 }
@@ -225,7 +225,7 @@ export class Engine {
       if (!chosen) continue;
       report.tickets.push({ id, ...(await this.teardown(id, r)) });
     }
-    report.claims = await this.removeOrphanClaims();
+    report.claims = [...(await this.removeOrphanClaims()), ...(await this.removeStaleWrites())];
     if (opts.templates) report.templates = await cleanupTemplates();
     return report;
   }
@@ -329,6 +329,19 @@ export class Engine {
     return work.finally(() => {
       if (this.live.get(id) === entry) this.live.delete(id);
     });
+  }
+
+  /** Half-written record updates (<id>.json.<pid>.tmp) of writers that died mid-write. */
+  private async removeStaleWrites(): Promise<string[]> {
+    const names = await readdir(this.store.ticketsDir).catch(() => [] as string[]);
+    const removed: string[] = [];
+    for (const name of names) {
+      const m = /^[0-9a-f]{6}\.json\.(\d+)\.tmp$/.exec(name);
+      if (!m || startTime(Number(m[1])) !== null) continue;
+      await rm(join(this.store.ticketsDir, name), { force: true });
+      removed.push(join(this.store.ticketsDir, name));
+    }
+    return removed;
   }
 
   private async removeOrphanClaims(): Promise<string[]> {

@@ -135,7 +135,7 @@ export async function cleanupCommand(args: EngineArgs & { all: boolean; template
     process.stdout.write(`ticket ${t.id}: removed ${t.removed.length}\n`);
     for (const r of t.removed) process.stdout.write(`  ${r}\n`);
   }
-  for (const c of report.claims) process.stdout.write(`orphan subnet claim ${c} removed\n`);
+  for (const c of report.claims) process.stdout.write(`orphan ${c} removed\n`);
   for (const t of report.templates) process.stdout.write(`template ${t} removed\n`);
   if (report.tickets.length + report.claims.length + report.templates.length === 0) process.stdout.write('nothing to clean up\n');
   return 0;
