@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { JobReport } from '../../launcher/job/report.js';
+import { leftovers as engineLeftovers } from './leaks.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const cli = join(root, 'launcher/sfmpirun.ts');
@@ -73,20 +74,17 @@ function sh(cmd: string): string {
   }
 }
 
-/** Everything on the host that still names the ticket: namespaces, links, nft tables, processes, records. */
+/**
+ * Everything on the host that still belongs to the ticket: what the engine's leak check finds
+ * (namespaces, links, nft table, holders, records, subnet claims), plus the job runner's own: any
+ * process whose command line names the ticket (a native launcher, a shim) and its temporary files.
+ */
 export function leftovers(ticketId: string): string[] {
-  const found: string[] = [];
-  const grep = (what: string, text: string) => {
-    for (const line of text.split('\n')) if (line.includes(ticketId)) found.push(`${what}: ${line.trim()}`);
-  };
-  grep('netns', sh('ip netns list'));
-  grep('link', sh('ip -o link show'));
-  grep('nft', sh('nft list tables'));
-  grep('process', sh('ps -eo pid,args').split('\n').filter((l) => !l.includes('ps -eo')).join('\n'));
-  for (const sub of ['', 'tickets']) {
-    const dir = join(stateDir, sub);
-    if (existsSync(dir)) for (const f of readdirSync(dir)) if (f.includes(ticketId)) found.push(`state record: ${join(sub, f)}`);
+  const found = engineLeftovers([ticketId], stateDir);
+  for (const line of sh('ps -eo pid,args').split('\n')) {
+    if (line.includes(ticketId) && !line.includes('ps -eo')) found.push(`process: ${line.trim()}`);
   }
+  for (const f of readdirSync(tmpdir())) if (f.startsWith(`sfmpirun-${ticketId}-`)) found.push(`temporary ${join(tmpdir(), f)}`);
   return found;
 }
 
