@@ -28,7 +28,11 @@ describe('snowflock CLI', function () {
   let stateDir: string;
   const ours: string[] = [];
 
-  function start(args: string[], env: Record<string, string> = {}, prefix: string[] = []): { child: ChildProcess; result: Promise<Result> } {
+  function start(
+    args: string[],
+    env: Record<string, string> = {},
+    prefix: string[] = [],
+  ): { child: ChildProcess; result: Promise<Result>; output: () => string } {
     const argv = [...prefix, process.execPath, '--import', 'tsx', cli, ...args];
     const child = spawn(argv[0]!, argv.slice(1), {
       cwd: root,
@@ -40,7 +44,7 @@ describe('snowflock CLI', function () {
     child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     const result = new Promise<Result>((res) => child.on('close', (code, signal) => res({ code, signal, stdout, stderr })));
-    return { child, result };
+    return { child, result, output: () => stdout };
   }
 
   const snowflock = (args: string[], env: Record<string, string> = {}, prefix: string[] = []) => start(args, env, prefix).result;
@@ -141,10 +145,11 @@ describe('snowflock CLI', function () {
 
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     it(`${sig} during run tears everything down and dies of ${sig}`, async () => {
-      const { child, result } = start(['run', '-n', '2', '--', 'sh', '-c', 'echo up; exec sleep 600']);
+      const { child, result, output } = start(['run', '-n', '2', '--', 'sh', '-c', 'echo up; exec sleep 600']);
       const id = await recordWithClones(2);
       ours.push(id);
-      await new Promise<void>((r) => child.stdout!.on('data', (d: Buffer) => d.toString().includes('up') && r()));
+      // Both commands run (bounded wait: the test's timeout).
+      while (!(output().includes('[0] up') && output().includes('[1] up'))) await new Promise((r) => setTimeout(r, 50));
       child.kill(sig);
       const r = await result;
       expect(r.signal, r.stderr).to.equal(sig);
