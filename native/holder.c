@@ -74,6 +74,26 @@ static void private_tmp(int ready) {
   }
 }
 
+/*
+ * A sysfs of the clone's own network namespace: /sys/class/net then lists eth0 and lo only. Programs
+ * find network devices there (UCX's TCP transport does); the host's list would name devices the
+ * clone does not have and miss its eth0 wherever the host's own interface has another name.
+ * The host's cgroup hierarchy stays visible (moved over from the old /sys).
+ */
+static void own_sysfs(int ready) {
+  const char *keep = "/dev/shm/.sf-cgroup";
+  int have_cgroup = 0;
+  if (mkdir(keep, 0700) == 0) {
+    have_cgroup = mount("/sys/fs/cgroup", keep, NULL, MS_BIND | MS_REC, NULL) == 0;
+    if (!have_cgroup) rmdir(keep);
+  }
+  if (mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) fail(ready, "mount /sys");
+  if (have_cgroup) {
+    if (mount(keep, "/sys/fs/cgroup", NULL, MS_MOVE, NULL) < 0) umount2(keep, MNT_DETACH);
+    rmdir(keep);
+  }
+}
+
 static void setup_clone(const char *hostname, int ready) {
   /* Slave, not private: the host's unmounts (ip netns delete) must still reach our copy, or our
    * copy of another clone's /run/netns mount would keep that clone's network alive. */
@@ -89,6 +109,7 @@ static void setup_clone(const char *hostname, int ready) {
   if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) fail(ready, "mount /dev/shm");
   private_tmp(ready);
   if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) fail(ready, "mount /proc");
+  own_sysfs(ready);
 }
 
 /* PID 1 of the clone: orphans of the clone are reparented here and must be reaped. */

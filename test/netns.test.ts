@@ -112,6 +112,8 @@ describe('netns clones (engine)', function () {
     // No DNS beyond the host: a name outside the ticket fails (at once: the gateway refuses port 53).
     const dns = await run(clones[0]!, ['sh', '-c', 'getent hosts no-such-host.invalid; echo "status $?"; cat /etc/resolv.conf']);
     expect(dns.stdout).to.include('status 2').and.include(`nameserver ${ticket.network.gateway}`);
+    // Its own sysfs: the network devices it has, and no others.
+    expect((await run(clones[0]!, ['ls', '/sys/class/net'])).stdout.split(/\s+/).filter(Boolean).sort()).to.deep.equal(['eth0', 'lo']);
     await engine.kill(ticket);
   });
 
