@@ -152,7 +152,7 @@ export async function runJob(job: JobSpec, engine: JobEngine, io: JobIo): Promis
       np: job.np,
       clones: clones.map((c) => ({ id: c.id, hostname: c.hostname, address: c.address })),
       phases: clock.phases,
-      ranks: outcomes.map((o) => ({ ...o, clone: clones.findIndex((c) => c.hostname === o.hostname) })),
+      ranks: outcomes.map((o) => ({ ...o, clone: clones.findIndex((c) => c.hostname === o.hostname) })).sort((a, b) => a.rank - b.rank),
       exitCode: verdict.status,
       summary: verdict.line,
       kept: job.keep,
