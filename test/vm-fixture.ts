@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Ledger } from '../src/state/ledger.js';
 import { RecordStore, type StateRecord } from '../src/state/record.js';
@@ -49,6 +49,8 @@ export async function testTicket(stateDir: string, count: number): Promise<TestT
   const ledger = new Ledger(store, record, dir);
   const teardown = async () => {
     const report = await removeResources(record.resources, { ticketId: id, claimsDir: store.claimsDir });
+    // The record goes last, as in the engine, and only when everything it names is gone.
+    if (report.failed.length === 0) rmSync(store.pathOf(id), { force: true });
     return report.failed;
   };
   try {

@@ -146,8 +146,10 @@ export class SshLink {
     };
   }
 
+  /** Ends the connection at once: the VM may be gone already (teardown), and a polite
+   *  disconnect to a dead peer would hold this process open until TCP gives up. */
   close(): void {
-    void this.conn?.then((c) => c.end()).catch(() => undefined);
+    void this.conn?.then((c) => c.destroy()).catch(() => undefined);
     this.conn = null;
   }
 }
