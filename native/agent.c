@@ -549,6 +549,12 @@ static void handle_frame(uint8_t type, uint32_t sid, char *p, uint32_t len) {
   }
 }
 
+/* Whether a host is connected to the control port. While none is, the port polls as hung up at
+ * once, so the main loop leaves it out and waits for SIGIO, which virtio_console sends when the
+ * host side opens (or for a slow periodic re-check): an idle clone must not spin, under TCG
+ * every wake-up is emulated. */
+static int host_connected = 1;
+
 static void read_control(void) {
   if (rcap - rlen < 65536) {
     rcap = rcap ? rcap * 2 : 262144;
@@ -556,8 +562,7 @@ static void read_control(void) {
   }
   ssize_t n = read(ctl, rbuf + rlen, rcap - rlen);
   if (n <= 0) {
-    /* No host on the other side (between checkpoint and a clone's connect): wait for one. */
-    if (n == 0 || errno == EAGAIN || errno == EINTR) usleep(2000);
+    if (n == 0) host_connected = 0;
     return;
   }
   rlen += (size_t)n;
@@ -590,10 +595,12 @@ int main(void) {
   sigemptyset(&mask);
   sigaddset(&mask, SIGCHLD);
   sigaddset(&mask, SIGPIPE);
+  sigaddset(&mask, SIGIO);
   sigprocmask(SIG_BLOCK, &mask, NULL);
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
+  sigaddset(&chld, SIGIO);
   int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
 
   ctl = open_control_port();
@@ -601,6 +608,8 @@ int main(void) {
     logmsg("no control port sf.ctl; check that virtio_console is loaded");
     for (;;) pause();
   }
+  fcntl(ctl, F_SETOWN, getpid());
+  fcntl(ctl, F_SETFL, fcntl(ctl, F_GETFL) | O_ASYNC);
   send_text(F_HELLO, 0, "snowflock-agent 1");
   for (;;) {
     struct pollfd pf[2 + 3 * MAX_PROCS];
@@ -609,7 +618,8 @@ int main(void) {
       int which;
     } who[2 + 3 * MAX_PROCS];
     int n = 0;
-    pf[n++] = (struct pollfd){.fd = ctl, .events = POLLIN};
+    /* fd -1: poll ignores the entry (no host connected, see host_connected). */
+    pf[n++] = (struct pollfd){.fd = host_connected ? ctl : -1, .events = POLLIN};
     pf[n++] = (struct pollfd){.fd = sfd, .events = POLLIN};
     for (int i = 0; i < MAX_PROCS; i++) {
       struct proc *pr = &procs[i];
@@ -618,7 +628,13 @@ int main(void) {
       if (pr->err >= 0) who[n] = (typeof(who[0])){pr, 2}, pf[n++] = (struct pollfd){.fd = pr->err, .events = POLLIN};
       if (pr->in >= 0 && pr->inlen) who[n] = (typeof(who[0])){pr, 3}, pf[n++] = (struct pollfd){.fd = pr->in, .events = POLLOUT};
     }
-    if (poll(pf, (nfds_t)n, -1) < 0) continue;
+    int ready = poll(pf, (nfds_t)n, host_connected ? -1 : 1000);
+    if (ready < 0) continue;
+    if (!host_connected) {
+      /* SIGIO, or the periodic re-check: see whether a host has come. */
+      struct pollfd probe = {.fd = ctl, .events = POLLIN};
+      if (poll(&probe, 1, 0) >= 0 && !(probe.revents & POLLHUP)) host_connected = 1;
+    }
     if (pf[1].revents) {
       struct signalfd_siginfo si;
       while (read(sfd, &si, sizeof si) > 0) {}
