@@ -23,6 +23,8 @@ export interface MpirunBenchRow {
   np: number;
   /** Median wall seconds per launcher. */
   sfmpirun: number;
+  /** sfmpirun with every rank in one clone (-ppn N): the launcher's own cost, without MPI over TCP between clones. */
+  sfmpirunOneClone: number;
   hydra: number;
   openmpi: number;
   /** sfmpirun / hydra, sfmpirun / openmpi. */
@@ -78,14 +80,15 @@ export function benchMpirun(opts: { sizes?: number[]; rounds?: number } = {}): M
   const rows: MpirunBenchRow[] = [];
   const load0 = loadavg()[0]!;
   for (const np of sizes) {
-    const t = { sfmpirun: [] as number[], hydra: [] as number[], openmpi: [] as number[] };
+    const t = { sfmpirun: [] as number[], sfmpirunOneClone: [] as number[], hydra: [] as number[], openmpi: [] as number[] };
     const failures = { sfmpirun: { count: 0 }, hydra: { count: 0 }, openmpi: { count: 0 } };
     for (let i = 0; i < rounds; i++) {
       t.sfmpirun.push(timeRun([...sf, '--provider', 'netns', '-np', String(np), helloMpich], env, failures.sfmpirun));
+      t.sfmpirunOneClone.push(timeRun([...sf, '--provider', 'netns', '-ppn', String(np), '-np', String(np), helloMpich], env, failures.sfmpirun));
       t.hydra.push(timeRun(['mpiexec.hydra', '-n', String(np), helloMpich], env, failures.hydra));
       t.openmpi.push(timeRun(['mpirun.openmpi', '--allow-run-as-root', '--oversubscribe', '-np', String(np), helloOmpi], env, failures.openmpi));
     }
-    const m = { sfmpirun: median(t.sfmpirun), hydra: median(t.hydra), openmpi: median(t.openmpi) };
+    const m = { sfmpirun: median(t.sfmpirun), sfmpirunOneClone: median(t.sfmpirunOneClone), hydra: median(t.hydra), openmpi: median(t.openmpi) };
     rows.push({
       np,
       ...m,
@@ -93,7 +96,7 @@ export function benchMpirun(opts: { sizes?: number[]; rounds?: number } = {}): M
       vsOpenmpi: m.sfmpirun / m.openmpi,
       failures: { sfmpirun: failures.sfmpirun.count, hydra: failures.hydra.count, openmpi: failures.openmpi.count },
     });
-    process.stderr.write(`np ${np}: sfmpirun ${m.sfmpirun.toFixed(3)} s, hydra ${m.hydra.toFixed(3)} s, openmpi ${m.openmpi.toFixed(3)} s\n`);
+    process.stderr.write(`np ${np}: sfmpirun ${m.sfmpirun.toFixed(3)} s, one clone ${m.sfmpirunOneClone.toFixed(3)} s, hydra ${m.hydra.toFixed(3)} s, openmpi ${m.openmpi.toFixed(3)} s\n`);
   }
   return { when: new Date().toISOString(), rounds, load: [load0, loadavg()[0]!], sfmpirunFrom, rows };
 }
@@ -112,11 +115,12 @@ export function resultsSection(r: MpirunBenchResult): string {
     '',
     'Command: `npx tsc -p . && node dist/benchmarks/mpirun.js`',
     '',
-    '| N | sfmpirun --provider netns (s) | mpiexec.hydra (s) | mpirun.openmpi (s) | sfmpirun / hydra | sfmpirun / openmpi | failed runs (sf/hydra/ompi) |',
-    '|---|---|---|---|---|---|---|',
+    '| N | sfmpirun --provider netns (s) | same, -ppn N: one clone (s) | mpiexec.hydra (s) | mpirun.openmpi (s) | sfmpirun / hydra | one clone / hydra | sfmpirun / openmpi | failed runs (sf/hydra/ompi) |',
+    '|---|---|---|---|---|---|---|---|---|',
     ...r.rows.map(
       (x) =>
-        `| ${x.np} | ${f(x.sfmpirun)} | ${f(x.hydra)} | ${f(x.openmpi)} | ${x.vsHydra.toFixed(2)} | ${x.vsOpenmpi.toFixed(2)} | ` +
+        `| ${x.np} | ${f(x.sfmpirun)} | ${f(x.sfmpirunOneClone)} | ${f(x.hydra)} | ${f(x.openmpi)} | ${x.vsHydra.toFixed(2)} | ` +
+        `${(x.sfmpirunOneClone / x.hydra).toFixed(2)} | ${x.vsOpenmpi.toFixed(2)} | ` +
         `${x.failures.sfmpirun}/${x.failures.hydra}/${x.failures.openmpi} |`,
     ),
     '<!-- mpirun:end -->',
