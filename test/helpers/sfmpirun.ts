@@ -33,6 +33,10 @@ export interface RunOptions {
 
 /** One state directory per test process, so leak checks see only our own records. */
 export const stateDir = mkdtempSync(join(tmpdir(), 'sfmpirun-test-state-'));
+// Kept when a ticket record is left in it (the tests have failed then, and it shows what leaked).
+process.on('exit', () => {
+  if (stateRecords().length === 0) rmSync(stateDir, { recursive: true, force: true });
+});
 let runs = 0;
 
 export function sfmpirun(args: string[], opts: RunOptions = {}): Promise<Run> {
