@@ -8,7 +8,7 @@
  * Under TCG (no hardware virtualization here) everything in the guest is emulated; the ratio
  * boot/clone is the number to compare with SnowFlock's (new workers 20 times faster than booting).
  *
- * Run: npx tsx benchmarks/vm.ts [--sizes 1,8,16,32] [--e2e-sizes 1,8,16,32]
+ * Run: npx tsx benchmarks/vm.ts [--sizes 1,8,16,32] [--cold-sizes 1,8,16] [--e2e-sizes 1,8,16,32]
  *      (or through the harness: npm run bench -- --only vm, once registered in run.ts)
  */
 import { spawnSync } from 'node:child_process';
@@ -30,12 +30,14 @@ const log = logger('bench-vm');
 
 export interface VmReadyRow {
   n: number;
-  coldMs: number;
-  cloneMs: number;
+  /** null: the run failed (see errors). */
+  coldMs: number | null;
+  cloneMs: number | null;
   /** cold / clone */
-  ratio: number;
-  coldPssMiB: number;
-  clonePssMiB: number;
+  ratio: number | null;
+  coldPssMiB: number | null;
+  clonePssMiB: number | null;
+  errors: string[];
 }
 
 export interface VmE2eRow {
@@ -53,8 +55,18 @@ function pssMiB(pids: number[]): number {
   return kb / 1024;
 }
 
-/** N VMs ready, cold or cloned: wall ms and summed PSS; everything removed afterwards. */
+/** N VMs ready, cold or cloned: wall ms and summed PSS (null and why, when it failed); everything removed afterwards. */
 async function readyOnce(provider: VmProvider, checkpoint: Checkpoint, stateDir: string, n: number, coldBoot: boolean) {
+  try {
+    return await readyRun(provider, checkpoint, stateDir, n, coldBoot);
+  } catch (e) {
+    const error = `${coldBoot ? 'cold' : 'clone'} N=${n}: ${(e as Error).message}`;
+    process.stderr.write(`bench vm: ${error}\n`);
+    return { ms: null, pss: null, error };
+  }
+}
+
+async function readyRun(provider: VmProvider, checkpoint: Checkpoint, stateDir: string, n: number, coldBoot: boolean): Promise<{ ms: number | null; pss: number | null; error?: string }> {
   const t = await testTicket(stateDir, n);
   try {
     const t0 = performance.now();
@@ -74,7 +86,7 @@ function sfmpirun(np: number, channel: 'agent' | 'ssh', cwd: string, stateDir: s
   const r = spawnSync(
     'node',
     ['--import', join(root, 'node_modules/tsx/dist/esm/index.mjs'), join(root, 'launcher/sfmpirun.ts'), '--provider', 'vm', '-np', String(np), './hello'],
-    { cwd, env: { ...process.env, SNOWFLOCK_STATE_DIR: stateDir, SNOWFLOCK_LAUNCH_CHANNEL: channel }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 600_000, encoding: 'utf8' },
+    { cwd, env: { ...process.env, SNOWFLOCK_STATE_DIR: stateDir, SNOWFLOCK_LAUNCH_CHANNEL: channel }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 150_000, encoding: 'utf8' },
   );
   const s = (performance.now() - t0) / 1000;
   const lines = (r.stdout ?? '').split('\n').filter((l) => l.startsWith('hello rank')).length;
@@ -85,8 +97,8 @@ function sfmpirun(np: number, channel: 'agent' | 'ssh', cwd: string, stateDir: s
   return s;
 }
 
-export async function benchVm(sizes = [1, 8, 16, 32], e2eSizes = [1, 8, 16, 32]): Promise<{ data: unknown; ready: VmReadyRow[]; e2e: VmE2eRow[] }> {
-  process.env.SNOWFLOCK_VM_BOOT_TIMEOUT ??= '900';
+export async function benchVm(sizes = [1, 8, 16, 32], e2eSizes = [1, 8, 16, 32], coldSizes = sizes): Promise<{ data: unknown; ready: VmReadyRow[]; e2e: VmE2eRow[] }> {
+  process.env.SNOWFLOCK_VM_BOOT_TIMEOUT ??= '300';
   process.env.SNOWFLOCK_VM_READY_TIMEOUT ??= '300';
   const provider = new VmProvider();
   const why = await provider.unavailable();
@@ -102,9 +114,11 @@ export async function benchVm(sizes = [1, 8, 16, 32], e2eSizes = [1, 8, 16, 32])
     await readyOnce(provider, checkpoint, stateDir, 1, false); // warm-up: page cache, first QEMU start
     for (const n of sizes) {
       const clone = await readyOnce(provider, checkpoint, stateDir, n, false);
-      const cold = await readyOnce(provider, checkpoint, stateDir, n, true);
-      ready.push({ n, coldMs: cold.ms, cloneMs: clone.ms, ratio: cold.ms / clone.ms, coldPssMiB: cold.pss, clonePssMiB: clone.pss });
-      process.stderr.write(`bench vm: N=${n} cold ${cold.ms.toFixed(0)} ms, clone ${clone.ms.toFixed(0)} ms\n`);
+      const cold = coldSizes.includes(n) ? await readyOnce(provider, checkpoint, stateDir, n, true) : { ms: null, pss: null, error: `cold N=${n}: not run (--cold-sizes)` };
+      const ratio = cold.ms !== null && clone.ms !== null ? cold.ms / clone.ms : null;
+      const errors = [cold.error, clone.error].filter((x): x is string => !!x);
+      ready.push({ n, coldMs: cold.ms, cloneMs: clone.ms, ratio, coldPssMiB: cold.pss, clonePssMiB: clone.pss, errors });
+      process.stderr.write(`bench vm: N=${n} cold ${cold.ms?.toFixed(0)} ms, clone ${clone.ms?.toFixed(0)} ms\n`);
     }
     // End to end: a small working directory with the MPICH hello (it is copied into the image).
     const cwd = mkdtempSync(join(tmpdir(), 'sf-bench-vm-cwd-'));
@@ -128,7 +142,7 @@ export async function benchVm(sizes = [1, 8, 16, 32], e2eSizes = [1, 8, 16, 32])
 
 export function markdown(r: Awaited<ReturnType<typeof benchVm>>): string {
   const d = r.data as { when: string; cpus: number; loadAverage1m: number; accel: string; guestRamMiB: number };
-  const f = (x: number | null, unit = 's') => (x === null ? 'failed' : `${x.toFixed(2)} ${unit}`);
+  const f = (x: number | null, unit = 's', digits = 2) => (x === null ? 'failed' : `${x.toFixed(digits)} ${unit}`);
   return [
     '## VM clones: cold boot against cloning the template',
     '',
@@ -142,9 +156,10 @@ export function markdown(r: Awaited<ReturnType<typeof benchVm>>): string {
     '|---:|---:|---:|---:|---:|---:|---:|',
     ...r.ready.map(
       (x) =>
-        `| ${x.n} | ${(x.coldMs / 1000).toFixed(2)} s | ${(x.cloneMs / 1000).toFixed(2)} s | ${x.ratio.toFixed(1)}× | ` +
-        `${x.coldPssMiB.toFixed(0)} MiB | ${x.clonePssMiB.toFixed(0)} MiB | ${x.n * d.guestRamMiB} MiB |`,
+        `| ${x.n} | ${f(x.coldMs && x.coldMs / 1000)} | ${f(x.cloneMs && x.cloneMs / 1000)} | ${x.ratio === null ? '–' : `${x.ratio.toFixed(1)}×`} | ` +
+        `${f(x.coldPssMiB, 'MiB', 0)} | ${f(x.clonePssMiB, 'MiB', 0)} | ${x.n * d.guestRamMiB} MiB |`,
     ),
+    ...r.ready.flatMap((x) => x.errors).map((e) => `\nFailed: ${e}`),
     '',
     'End to end, `sfmpirun --provider vm -np N ./hello` (MPICH, one rank per VM clone, template cached), ranks started through the guest agent and through SSH:',
     '',
@@ -172,7 +187,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
   };
   const { writeSection } = await import('./run.js');
   const { writeFileSync, mkdirSync } = await import('node:fs');
-  const r = await benchVm(arg('--sizes'), arg('--e2e-sizes'));
+  const r = await benchVm(arg('--sizes'), arg('--e2e-sizes'), arg('--cold-sizes') ?? arg('--sizes'));
   mkdirSync(join(root, 'benchmarks', 'out'), { recursive: true });
   writeFileSync(join(root, 'benchmarks', 'out', 'vm.json'), JSON.stringify(r.data, null, 2) + '\n');
   const md = markdown(r);

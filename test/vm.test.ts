@@ -150,6 +150,10 @@ describe('vm provider (QEMU)', function () {
     const done = collect(cat);
     cat.stdin!.end('through ssh\n');
     expect(await done).to.include({ code: 0, out: 'through ssh\n' });
+    // A process that exits while its stdin is still open ends all the same.
+    const early = c.sshSpawn(['sh', '-c', 'exit 5'], { env: ENV, stdin: 'pipe' });
+    expect((await collect(early)).code).to.equal(5);
+    early.stdin!.end();
     // Agent and SSH side by side on the same clone.
     expect((await collect(c.agentSpawn(['hostname'], { env: ENV }))).out).to.equal(`${c.hostname}\n`);
     await finish(t);

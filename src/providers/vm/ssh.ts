@@ -119,6 +119,9 @@ export class SshLink {
             let exit: ExitStatus = { code: null, signal: 'SIGKILL' };
             ch.on('exit', (code: number | null, signal?: string) => {
               exit = code !== null && code !== undefined ? { code, signal: null } : { code: null, signal: signal ? (`SIG${signal}` as NodeJS.Signals) : null };
+              // The process is gone: end our side too, or dropbear keeps the channel open for its stdin.
+              if (stdin) stdin.unpipe(ch);
+              ch.end();
             });
             ch.stdout.pipe(stdout, { end: false });
             ch.stderr.pipe(stderr, { end: false });
