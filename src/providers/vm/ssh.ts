@@ -66,6 +66,9 @@ export class SshLink {
           const expected = Buffer.from(k.hostPublic.split(' ')[1]!, 'base64');
           const sock = tcpConnect(22, this.address);
           sock.setNoDelay(true);
+          // Never the reason this process stays alive: a VM torn down under an open connection
+          // leaves it half-open (no FIN), and the launcher has handles of its own while it waits.
+          sock.unref();
           const c = new Client();
           c.once('ready', () => resolve(c));
           c.once('error', (e) => reject(new Error(`ssh to ${this.label}: ${e.message}`)));
