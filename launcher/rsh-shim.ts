@@ -9,9 +9,11 @@
  * through the engine, picks the clone whose address or hostname is <host>, and runs the command
  * words joined by spaces through `sh -c` inside it, as sshd would. stdin, stdout and stderr are piped
  * both ways and the command's exit status becomes the shim's (128+N for signal N, as ssh reports).
- * The spawned environment is the shim's own minus SNOWFLOCK_*: the launcher gave it the ranks'
- * environment. Nothing here depends on the provider.
+ * The spawned environment is the shim's own minus SNOWFLOCK_* and the remote-shell setting: the
+ * launcher gave it the ranks' environment. Nothing here depends on the provider.
  */
+import { realpathSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
 import { Engine } from '../src/engine.js';
 import { signalNumber } from './job/exit.js';
 
@@ -30,6 +32,15 @@ export function parseShimArgs(args: string[]): { host: string; command: string }
   return { host: host.includes('@') ? host.slice(host.indexOf('@') + 1) : host, command: words.join(' ') };
 }
 
+/**
+ * Drops the launcher's own remote-shell setting from a daemon's command. Daemons start no further
+ * daemons (no tree spawn), but Open MPI's orted still checks that its agent exists, and inside a VM
+ * the host's shim path does not.
+ */
+export function withoutRshAgent(command: string): string {
+  return command.replace(/(^|\s)--?mca\s+plm_rsh_agent\s+("[^"]*"|'[^']*'|\S+)/g, '');
+}
+
 async function main(): Promise<number> {
   const { host, command } = parseShimArgs(process.argv.slice(2));
   const ticketId = process.env.SNOWFLOCK_TICKET;
@@ -40,8 +51,8 @@ async function main(): Promise<number> {
   if (!clone) throw new Error(`rsh-shim: no clone ${host} in ticket ${ticketId}`);
 
   const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('SNOWFLOCK_')) env[k] = v;
-  const proc = clone.spawn(['sh', '-c', command], { env, cwd: env.HOME ?? '/', stdin: 'pipe' });
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('SNOWFLOCK_') && k !== 'OMPI_MCA_plm_rsh_agent') env[k] = v;
+  const proc = clone.spawn(['sh', '-c', withoutRshAgent(command)], { env, cwd: env.HOME ?? '/', stdin: 'pipe' });
   if (proc.stdin) {
     process.stdin.pipe(proc.stdin);
     proc.stdin.on('error', () => undefined);
@@ -56,12 +67,15 @@ async function main(): Promise<number> {
   return status.signal ? 128 + signalNumber(status.signal) : (status.code ?? 255);
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (e: Error) => {
-    process.stderr.write(`${e.message}\n`);
-    process.exitCode = 255;
-  },
-);
+// Run only as a program: tests import the word handling above.
+if (process.argv[1] && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
+  main().then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (e: Error) => {
+      process.stderr.write(`${e.message}\n`);
+      process.exitCode = 255;
+    },
+  );
+}

@@ -33,13 +33,14 @@ const count = {
   },
 } as const;
 const provider = { type: 'string', default: 'auto', description: 'Kind of clone: auto, netns or vm' } as const;
+const coldBoot = { type: 'boolean', default: false, description: 'vm: boot every clone instead of cloning the template' } as const;
 
 export async function main(argv: string[]): Promise<void> {
   await withGlobalOptions(yargs(argv))
     .scriptName('snowflock')
     .usage('$0 <command>: private clusters of clones, made in a moment and gone afterwards')
     .parserConfiguration({ 'populate--': true })
-    .command('up', 'Create clones and keep them (until snowflock down)', (y) => y.option('n', count).option('provider', provider), action(upCommand))
+    .command('up', 'Create clones and keep them (until snowflock down)', (y) => y.option('n', count).option('provider', provider).option('cold-boot', coldBoot), action(upCommand))
     .command(
       'exec <ticket> [clone]',
       'Run a command in one clone (id or hostname) or all of a live ticket: exec TICKET [CLONE|all] -- CMD...',
@@ -49,7 +50,7 @@ export async function main(argv: string[]): Promise<void> {
     .command(
       'run',
       'Create clones, run a command in every one (output prefixed by clone), tear down: run -n N -- CMD...',
-      (y) => y.option('n', count).option('provider', provider),
+      (y) => y.option('n', count).option('provider', provider).option('cold-boot', coldBoot),
       action(runCommand),
     )
     .command('ps', 'List live tickets', (y) => y, action(psCommand))

@@ -70,6 +70,9 @@ export interface SpawnOptions {
   cwd?: string;
   /** 'pipe' gives a writable stdin; 'ignore' connects /dev/null. */
   stdin?: 'pipe' | 'ignore';
+  /** vm: how the host reaches the guest to start the process (the agent's control channel by
+   * default, or SSH); namespace clones have only one way in and ignore it. */
+  channel?: 'agent' | 'ssh';
 }
 
 export interface ExitStatus {

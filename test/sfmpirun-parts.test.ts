@@ -13,6 +13,7 @@ import { ExitPolicy, statusOf, summaryLine } from '../launcher/job/exit.js';
 import { expandPattern, JobOutput, linePrefix, LineForwarder } from '../launcher/job/output.js';
 import { FailureScanner, nativeOutcome } from '../launcher/job/native.js';
 import { StdinRouter } from '../launcher/job/stdin.js';
+import { parseShimArgs, withoutRshAgent } from '../launcher/rsh-shim.js';
 import { program } from './helpers/programs.js';
 
 /** A sink that keeps every write as one chunk, optionally slow to accept (small buffer, late callback). */
@@ -38,6 +39,26 @@ function child(script: string) {
 }
 
 describe('sfmpirun parts', () => {
+  describe('remote-shell shim', () => {
+    // The words Open MPI 4.1 passes to its agent, as seen with strace in a netns run.
+    const words = ['-x', '10.213.0.10', ' orted', '--daemonize', '-mca', 'ess', '"env"', '--mca', 'plm_rsh_no_tree_spawn', '"1"',
+      '-mca', 'plm', '"rsh"', '-mca', 'plm_rsh_agent', '"sh /tmp/sfmpirun-40c787-it4ZpC/rsh"', '-mca', 'rmaps_base_oversubscribe', '"1"'];
+
+    it('finds the host after ssh options and joins the command words', () => {
+      const { host, command } = parseShimArgs(words);
+      expect(host).to.equal('10.213.0.10');
+      expect(command).to.match(/^ orted --daemonize/);
+    });
+
+    it("drops the host's agent path from a daemon's command, and nothing else", () => {
+      const out = withoutRshAgent(parseShimArgs(words).command);
+      expect(out).not.to.include('plm_rsh_agent');
+      expect(out).not.to.include('/tmp/sfmpirun');
+      expect(out).to.include('-mca plm "rsh" -mca rmaps_base_oversubscribe "1"');
+      expect(withoutRshAgent("orted --mca plm_rsh_agent 'ssh -x' -mca a b")).to.equal("orted -mca a b");
+    });
+  });
+
   describe('output forwarding', () => {
     it('never mixes two ranks within one line, even when each line is written in pieces', async () => {
       const sink = new Collector();

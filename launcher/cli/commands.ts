@@ -2,6 +2,8 @@
  * The snowflock subcommands. Each one is a small function from parsed arguments to an exit status;
  * launcher/snowflock.ts wires them to the command line.
  */
+import { accessSync, constants, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { Engine, installTeardownOnSignals } from '../../src/engine.js';
 import { UserError } from '../../src/errors.js';
 import { doctor, formatDoctor } from '../../src/host/doctor.js';
@@ -30,20 +32,42 @@ function requireCommand(cmd: string[] | undefined): string[] {
   return cmd;
 }
 
-/** Provisions a ticket and its clones, tearing everything down if that fails or we are interrupted. */
-async function provision(engine: Engine, n: number, provider: string | undefined, keep: boolean): Promise<{ ticket: Ticket; clones: Clone[] }> {
-  const choice = parseProviderChoice(provider);
-  const ticket = await engine.requestTicket(n, { provider: choice, keep });
-  const checkpoint = await engine.checkpoint(ticket, { provider: ticket.provider, workdir: process.cwd(), mpi: 'none' });
+interface ProvisionArgs {
+  n: number;
+  provider?: string;
+  coldBoot?: boolean;
+}
+
+/** Provisions a ticket and its clones, tearing everything down if that fails or we are interrupted.
+ * `programs` are host programs a VM image must carry (namespace clones see the host's files). */
+async function provision(engine: Engine, args: ProvisionArgs, keep: boolean, programs: string[] = []): Promise<{ ticket: Ticket; clones: Clone[] }> {
+  const choice = parseProviderChoice(args.provider);
+  const ticket = await engine.requestTicket(args.n, { provider: choice, keep, coldBoot: args.coldBoot ?? false });
+  const checkpoint = await engine.checkpoint(ticket, { provider: ticket.provider, workdir: process.cwd(), mpi: 'none', programs });
   const clones = await engine.createClones(checkpoint, ticket);
   return { ticket, clones };
 }
 
-export async function upCommand(args: EngineArgs & { n: number; provider?: string }): Promise<number> {
+/** The host file a command names, when it is one (a VM image then carries it and its libraries). */
+function hostProgram(cmd: string): string[] {
+  const dirs = cmd.includes('/') ? [''] : (process.env.PATH ?? '').split(':').filter(Boolean);
+  for (const d of dirs) {
+    const p = d ? join(d, cmd) : resolve(cmd);
+    try {
+      accessSync(p, constants.X_OK);
+      if (statSync(p).isFile()) return [p];
+    } catch {
+      // not here; keep looking
+    }
+  }
+  return [];
+}
+
+export async function upCommand(args: EngineArgs & ProvisionArgs): Promise<number> {
   const engine = engineFor(args);
   const unhook = installTeardownOnSignals(engine);
   try {
-    const { ticket, clones } = await provision(engine, args.n, args.provider, true);
+    const { ticket, clones } = await provision(engine, args, true);
     process.stdout.write(clonesTable(ticket, clones));
     process.stdout.write(`run commands with: snowflock exec ${ticket.id} [CLONE|all] -- CMD...; remove with: snowflock down ${ticket.id}\n`);
     return 0;
@@ -52,12 +76,12 @@ export async function upCommand(args: EngineArgs & { n: number; provider?: strin
   }
 }
 
-export async function runCommand(args: EngineArgs & { n: number; provider?: string; cmd?: string[] }): Promise<number> {
+export async function runCommand(args: EngineArgs & ProvisionArgs & { cmd?: string[] }): Promise<number> {
   const argv = requireCommand(args.cmd);
   const engine = engineFor(args);
   const unhook = installTeardownOnSignals(engine);
   try {
-    const { ticket, clones } = await provision(engine, args.n, args.provider, false);
+    const { ticket, clones } = await provision(engine, args, false, hostProgram(argv[0]!));
     let statuses;
     try {
       statuses = await spawnAll(clones, argv, { prefix: true, stdin: false }).done;

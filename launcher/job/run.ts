@@ -216,7 +216,7 @@ function startRanks(job: JobSpec, plan: Plan, clones: Clone[], pmi: PmiServer, c
       localSeen.set(clone.id, localRank + 1);
       const env = rankEnv(base, pmi.rankEnv(rank), { rank, size: job.np, localRank, localSize: localSize.get(placement[rank]!)!, wdir: app.wdir });
       const wantsStdin = receives(job.stdin, rank);
-      const proc = clone.spawn([plan.programs[appIndex]!, ...app.argv.slice(1)], { env, cwd: app.wdir, stdin: wantsStdin ? 'pipe' : 'ignore' });
+      const proc = clone.spawn([plan.programs[appIndex]!, ...app.argv.slice(1)], { env, cwd: app.wdir, stdin: wantsStdin ? 'pipe' : 'ignore', channel: job.launchChannel });
       started.push({ rank, clone, proc, done: false });
       output.attach(rank, clone.hostname, proc.stdout, proc.stderr);
       if (wantsStdin && proc.stdin) stdin.add(proc.stdin);

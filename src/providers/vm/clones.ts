@@ -62,7 +62,7 @@ export class VmClone implements Clone {
   }
 
   spawn(argv: string[], opts: SpawnOptions): CloneProcess {
-    return this.launchChannel === 'ssh' ? this.sshSpawn(argv, opts) : this.agentSpawn(argv, opts);
+    return (opts.channel ?? this.launchChannel) === 'ssh' ? this.sshSpawn(argv, opts) : this.agentSpawn(argv, opts);
   }
 
   agentSpawn(argv: string[], opts: SpawnOptions): CloneProcess {
