@@ -10,8 +10,8 @@
  * Handshake with the engine, so that no clone can outlive a creator that did not record it:
  * holder prints one host-visible PID per clone, then "ready". The engine writes the PIDs to the
  * ticket's state record, moves each clone's eth0 in, and writes "net": holder then configures every
- * clone's network from inside (lo and eth0 up, ADDRESS/PREFIX on eth0, default route via GW) and
- * answers "configured" (or "error: ..."). "go" makes holder detach and stay as the clones' parent,
+ * clone's network from inside (lo and eth0 up, ADDRESS/PREFIX on eth0, default route via GW), waits
+ * until every clone's network forwards (see wait_forwarding) and answers "configured" (or "error: ..."). "go" makes holder detach and stay as the clones' parent,
  * reaping them as they are killed. EOF (the engine died) or anything else kills them all.
  */
 #define _GNU_SOURCE
@@ -29,6 +29,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <net/if.h>
+#include <poll.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ns_netlink.h"
@@ -161,8 +163,22 @@ static pid_t start_clone(const char *hostname, int *ready_r) {
   return pid;
 }
 
-/* Configures one clone's network from inside its namespace; returns 0 or writes why into err. */
-static int configure_net(pid_t pid, const char *address, char *err, size_t errlen) {
+/* Opens a rtnetlink socket in the current network namespace, joined to the link group if asked. */
+static int nl_socket(int watch) {
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | (watch ? SOCK_NONBLOCK : 0), NETLINK_ROUTE);
+  if (fd < 0 || !watch) return fd;
+  struct sockaddr_nl sa = {.nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK};
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Configures one clone's network from inside its namespace; returns 0 or writes why into err.
+ * On success *watch is a socket of the clone's namespace that hears its link changes, and *eth0 the
+ * index of its eth0 (0 without an address), for wait_forwarding. */
+static int configure_net(pid_t pid, const char *address, int *watch, int *eth0_r, char *err, size_t errlen) {
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/ns/net", (int)pid);
   int ns = open(path, O_RDONLY | O_CLOEXEC);
@@ -172,12 +188,20 @@ static int configure_net(pid_t pid, const char *address, char *err, size_t errle
     return -1;
   }
   close(ns);
+  /* Joined before eth0 comes up, so that no change of it goes unheard. */
+  *watch = nl_socket(1);
+  *eth0_r = 0;
+  if (*watch < 0) {
+    snprintf(err, errlen, "netlink socket: %s", strerror(errno));
+    return -1;
+  }
   int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
   int rc = fd < 0 ? -errno : ns_nl_link_up(fd, 1);
   const char *step = "lo up";
   if (rc == 0 && address) {
     struct in_addr a;
     int eth0 = (int)if_nametoindex("eth0");
+    *eth0_r = eth0;
     step = "find eth0";
     if (!eth0) rc = -ENODEV;
     if (rc == 0 && inet_pton(AF_INET, address, &a) != 1) rc = -EINVAL, step = "parse address";
@@ -187,6 +211,94 @@ static int configure_net(pid_t pid, const char *address, char *err, size_t errle
   }
   if (fd >= 0) close(fd);
   if (rc < 0) snprintf(err, errlen, "%s: %s", step, strerror(-rc));
+  if (rc < 0) close(*watch), *watch = -1;
+  return rc < 0 ? -1 : 0;
+}
+
+/* Reads sysfs (the host's: our mount namespace is the host's): a bridge port's STP state, or -1. */
+static int brport_state(const char *ifname) {
+  char path[96], buf[16] = "";
+  snprintf(path, sizeof path, "/sys/class/net/%s/brport/state", ifname);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t r = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  return r > 0 ? atoi(buf) : -1;
+}
+
+#define BR_STATE_FORWARDING 3
+#define NET_READY_TIMEOUT_MS 20000
+
+/*
+ * An administratively up eth0 does not forward yet. Its carrier (and its host-side peer's) comes on
+ * at once, but the kernel acts on it later, in the link-watch work (a kworker that needs the RTNL
+ * lock; on a loaded host it runs late): until then both ends keep the no-op qdisc, which drops every
+ * frame sent, and the bridge keeps the port disabled, which drops every frame that arrives. A clone
+ * that sends then loses its first ARP requests or SYNs (retried only after 1 s, and ARP gives up
+ * after 3: "destination unreachable"). So a clone is ready only when its eth0 is operationally up
+ * and its peer is up with carrier and a forwarding port of the bridge. We wait for the kernel's own
+ * link notifications (no sleeping, no polling); the bound only turns a stuck kernel into an error.
+ * Must be called in the host's network namespace; host_watch hears the host's link changes.
+ */
+static int wait_forwarding(int n, pid_t *pids, int *watch, int *eth0, int host_watch, char **names, char *err, size_t errlen) {
+  int host_q = nl_socket(0);
+  if (host_q < 0) {
+    snprintf(err, errlen, "netlink socket: %s", strerror(errno));
+    return -1;
+  }
+  char *ready = calloc(n, 1);
+  struct pollfd *pfd = calloc(n + 1, sizeof *pfd);
+  if (!ready || !pfd) {
+    snprintf(err, errlen, "out of memory");
+    close(host_q);
+    free(ready);
+    free(pfd);
+    return -1;
+  }
+  struct timespec t0, now;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int rc = 0, left = n;
+  const char *why = "";
+  int bad = -1;
+  for (;;) {
+    for (int i = 0; i < n; i++) {
+      if (ready[i]) continue;
+      if (!eth0[i]) { ready[i] = 1, left--; continue; }
+      int oper, peer, r;
+      unsigned flags;
+      r = ns_nl_link_state(watch[i], eth0[i], &oper, &flags, &peer);
+      if (r < 0) { rc = r, bad = i, why = "eth0 state"; break; }
+      if (oper != IF_OPER_UP || !(flags & IFF_LOWER_UP) || peer <= 0) { bad = i, why = "eth0 not operationally up"; continue; }
+      int poper, ppeer;
+      unsigned pflags;
+      r = ns_nl_link_state(host_q, peer, &poper, &pflags, &ppeer);
+      if (r < 0) { rc = r, bad = i, why = "host side of eth0"; break; }
+      char ifname[IF_NAMESIZE];
+      if (poper != IF_OPER_UP || !(pflags & IFF_LOWER_UP)) { bad = i, why = "host side not operationally up"; continue; }
+      if (!if_indextoname(peer, ifname) || brport_state(ifname) != BR_STATE_FORWARDING) { bad = i, why = "host side not a forwarding bridge port"; continue; }
+      ready[i] = 1, left--;
+    }
+    if (rc < 0 || left == 0) break;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long ms = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
+    if (ms >= NET_READY_TIMEOUT_MS) { rc = -ETIMEDOUT; break; }
+    /* Sleep until a link changes, here or in a clone not yet ready. */
+    int m = 0;
+    pfd[m++] = (struct pollfd){.fd = host_watch, .events = POLLIN};
+    for (int i = 0; i < n; i++)
+      if (!ready[i]) pfd[m++] = (struct pollfd){.fd = watch[i], .events = POLLIN};
+    if (poll(pfd, m, (int)(NET_READY_TIMEOUT_MS - ms)) < 0 && errno != EINTR) { rc = -errno, why = "poll"; break; }
+    /* Drain what was heard: only the wake-up matters (an overflow, ENOBUFS, is a wake-up too). */
+    char buf[8192];
+    for (int k = 0; k < m; k++)
+      if (pfd[k].revents)
+        while (recv(pfd[k].fd, buf, sizeof buf, MSG_DONTWAIT) > 0 || errno == ENOBUFS) {}
+  }
+  if (rc < 0) snprintf(err, errlen, "%s: %s: %s", bad >= 0 ? names[bad] : "?", why, rc == -ETIMEDOUT ? "still so after 20 s" : strerror(-rc));
+  (void)pids;
+  close(host_q);
+  free(ready);
+  free(pfd);
   return rc < 0 ? -1 : 0;
 }
 
@@ -264,13 +376,30 @@ int main(int argc, char **argv) {
     if (strncmp(line, "net", 3) == 0) {
       char err[300] = "";
       int bad = 0;
+      int *watch = calloc(n, sizeof *watch), *eth0 = calloc(n, sizeof *eth0);
+      /* Joined before any clone's eth0 comes up (see wait_forwarding). */
+      int host_watch = nl_socket(1);
+      if (!watch || !eth0 || host_watch < 0) {
+        printf("error: cannot watch the links: %s\n", strerror(errno));
+        bad = 1;
+      }
+      for (int i = 0; i < n && !bad; i++) watch[i] = -1;
       for (int i = 0; i < n && !bad; i++) {
-        if (configure_net(pids[i], address[i], err, sizeof err) < 0) {
+        if (configure_net(pids[i], address[i], &watch[i], &eth0[i], err, sizeof err) < 0) {
           printf("error: %s: %s\n", argv[first + i], err);
           bad = 1;
         }
         if (setns(host_net, CLONE_NEWNET) < 0) { perror("holder: back to the host network"); kill_all(pids, n); return 1; }
       }
+      if (!bad && wait_forwarding(n, pids, watch, eth0, host_watch, argv + first, err, sizeof err) < 0) {
+        printf("error: network not forwarding: %s\n", err);
+        bad = 1;
+      }
+      for (int i = 0; watch && i < n; i++)
+        if (watch[i] > 0) close(watch[i]);
+      if (host_watch >= 0) close(host_watch);
+      free(watch);
+      free(eth0);
       if (!bad) printf("configured\n");
       fflush(stdout);
     } else if (strncmp(line, "go", 2) == 0) {

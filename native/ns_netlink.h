@@ -1,6 +1,6 @@
 /*
  * The few rtnetlink requests a clone's network needs inside its namespace: bring a link up, add an
- * IPv4 address, add a default route. Done in-process so that configuring dozens of clones costs no
+ * IPv4 address, add a default route, read a link's state. Done in-process so that configuring dozens of clones costs no
  * process start per clone (an `ip -n` costs tens of ms on a loaded host; these take microseconds).
  */
 #ifndef NS_NETLINK_H
@@ -11,6 +11,7 @@
 #include <linux/if.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -93,6 +94,54 @@ static int ns_nl_default_route(int fd, struct in_addr gw) {
   m->rtm_type = RTN_UNICAST;
   ns_nl_attr(&r, RTA_GATEWAY, &gw, sizeof gw);
   return ns_nl_talk(fd, &r);
+}
+
+/*
+ * State of one link as the kernel reports it (RTM_GETLINK): its operational state (IF_OPER_*), its
+ * flags, and the ifindex of its peer (IFLA_LINK; for a veth, the other end, in the peer's namespace).
+ * Returns 0 or -errno. The socket may also carry notifications: they are skipped by sequence number.
+ */
+static int ns_nl_link_state(int fd, int ifindex, int *operstate, unsigned *flags, int *peer) {
+  static unsigned seq = 1u << 30;
+  struct ns_nlreq r;
+  memset(&r, 0, sizeof r);
+  r.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+  r.h.nlmsg_type = RTM_GETLINK;
+  r.h.nlmsg_flags = NLM_F_REQUEST;
+  r.h.nlmsg_seq = ++seq;
+  struct ifinfomsg *i = NLMSG_DATA(&r.h);
+  i->ifi_family = AF_UNSPEC;
+  i->ifi_index = ifindex;
+  if (send(fd, &r, r.h.nlmsg_len, 0) < 0) return -errno;
+  char buf[16384];
+  for (;;) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n < 0) {
+      /* A socket that also hears notifications may be non-blocking, and may have overflowed. */
+      if (errno == EINTR || errno == ENOBUFS) continue;
+      if (errno == EAGAIN) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        poll(&p, 1, -1);
+        continue;
+      }
+      return -errno;
+    }
+    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (unsigned)n); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_seq != r.h.nlmsg_seq) continue;
+      if (h->nlmsg_type == NLMSG_ERROR) return ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+      if (h->nlmsg_type != RTM_NEWLINK) continue;
+      struct ifinfomsg *m = NLMSG_DATA(h);
+      *flags = m->ifi_flags;
+      *operstate = -1;
+      *peer = 0;
+      int len = (int)IFLA_PAYLOAD(h);
+      for (struct rtattr *a = IFLA_RTA(m); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if (a->rta_type == IFLA_OPERSTATE) *operstate = *(unsigned char *)RTA_DATA(a);
+        if (a->rta_type == IFLA_LINK) *peer = *(int *)RTA_DATA(a);
+      }
+      return 0;
+    }
+  }
 }
 
 #endif

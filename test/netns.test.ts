@@ -126,6 +126,25 @@ describe('netns clones (engine)', function () {
     await engine.kill(ticket);
   });
 
+  it('returns 32 clones whose network forwards at once: every clone reaches its neighbour on its first try', async function () {
+    this.timeout(180_000);
+    const n = 32;
+    const { ticket, clones } = await ticketWithClones(n);
+    // Right away, and nothing listens on the port: a sibling whose network forwards answers the SYN
+    // with a reset (ECONNREFUSED) within one round trip. A lost ARP request or SYN shows up as
+    // EHOSTUNREACH or a hang ("blocked"): the kernel would retry only after 1 s. One connect each.
+    const probe = (host: string) => [
+      process.execPath,
+      '-e',
+      `const s=require('net').connect(9,'${host}');s.setTimeout(60000,()=>{console.log('blocked');process.exit(0)});` +
+        `s.on('connect',()=>{console.log('connected');process.exit(0)});s.on('error',e=>{console.log(e.code);process.exit(0)})`,
+    ];
+    const outs = await Promise.all(clones.map((c, i) => run(c, probe(clones[(i + 1) % n]!.address))));
+    const results = outs.map((o, i) => `${clones[i]!.hostname}: ${o.stdout.trim() || o.stderr.trim()}`);
+    expect(results).to.deep.equal(clones.map((c) => `${c.hostname}: ECONNREFUSED`));
+    await engine.kill(ticket);
+  });
+
   it('isolates two live tickets from each other, and from host ports not opened', async () => {
     const a = await ticketWithClones(2);
     const b = await ticketWithClones(1);
