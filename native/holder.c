@@ -1,7 +1,7 @@
 /*
  * holder: creates the namespaces of one or more netns clones and holds them open.
  *
- *   holder [--share-tmp /tmp/NAME]... [--hosts FILE] [--resolv FILE] [--gateway GW/PREFIX] HOSTNAME[=ADDRESS]...
+ *   holder [--share-tmp /tmp/NAME]... [--hosts FILE] [--resolv FILE] [--gateway GW/PREFIX] HOSTNAME[=ADDRESS[,MAC]]...
  *
  * For each HOSTNAME, a child is cloned into new network, UTS, IPC, mount and PID namespaces. It is
  * PID 1 of its PID namespace: it mounts a fresh /proc, a private /tmp and /dev/shm, sets the
@@ -10,7 +10,8 @@
  * Handshake with the engine, so that no clone can outlive a creator that did not record it:
  * holder prints one host-visible PID per clone, then "ready". The engine writes the PIDs to the
  * ticket's state record, moves each clone's eth0 in, and writes "net": holder then configures every
- * clone's network from inside (lo and eth0 up, ADDRESS/PREFIX on eth0, default route via GW), waits
+ * clone's network from inside (lo and eth0 up, ADDRESS/PREFIX on eth0, default route via GW, every
+ * sibling given with a MAC as a permanent neighbour), waits
  * until every clone's network forwards (see wait_forwarding) and answers "configured" (or "error: ..."). "go" makes holder detach and stay as the clones' parent,
  * reaping them as they are killed. EOF (the engine died) or anything else kills them all.
  */
@@ -44,6 +45,15 @@ static const char *resolv_file;
 static struct in_addr gateway;
 static int prefix_len;
 static int have_gateway;
+
+/* Every clone of the batch: its address and MAC, for the other clones' neighbour tables. */
+struct mac {
+  unsigned char b[6];
+  int set;
+};
+static char **all_address;
+static struct mac *all_macs;
+static int n_clones;
 
 /* Reports a setup failure of a clone over its ready pipe, then exits the clone. */
 static void fail(int ready, const char *fmt, ...) {
@@ -208,6 +218,20 @@ static int configure_net(pid_t pid, const char *address, int *watch, int *eth0_r
     if (rc == 0) rc = ns_nl_addr_add(fd, eth0, a, prefix_len), step = "add address";
     if (rc == 0) rc = ns_nl_link_up(fd, eth0), step = "eth0 up";
     if (rc == 0 && have_gateway) rc = ns_nl_default_route(fd, gateway), step = "default route";
+    /*
+     * Siblings as permanent neighbours: their MACs are known, so no clone ever ARPs for one. Not only
+     * faster: the kernel's ARP table is one for all network namespaces, and its dynamic entries are
+     * capped host-wide (net.ipv4.neigh.default.gc_thresh3, 1024 by default). N clones that all talk
+     * to each other (MPI_Init does) need N*(N-1) entries: with 32 clones the table overflowed, new
+     * entries failed ("neighbor table overflow!"), and connects waited seconds or failed with
+     * "destination unreachable". Permanent entries are exempt from that cap.
+     */
+    for (int j = 0; rc == 0 && j < n_clones; j++) {
+      struct in_addr b;
+      if (!all_macs[j].set || !all_address[j] || all_address[j] == address) continue;
+      if (inet_pton(AF_INET, all_address[j], &b) != 1) rc = -EINVAL, step = "parse sibling address";
+      else rc = ns_nl_neigh_add(fd, eth0, b, all_macs[j].b), step = "sibling neighbour";
+    }
   }
   if (fd >= 0) close(fd);
   if (rc < 0) snprintf(err, errlen, "%s: %s", step, strerror(-rc));
@@ -333,11 +357,25 @@ int main(int argc, char **argv) {
   pid_t *pids = calloc(n, sizeof *pids);
   int *ready = calloc(n, sizeof *ready);
   char **address = calloc(n, sizeof *address);
-  if (!pids || !ready || !address) return 1;
+  struct mac *macs = calloc(n, sizeof *macs);
+  if (!pids || !ready || !address || !macs) return 1;
   for (int i = 0; i < n; i++) {
     char *eq = strchr(argv[first + i], '=');
     if (eq) *eq = 0, address[i] = eq + 1;
+    char *comma = address[i] ? strchr(address[i], ',') : NULL;
+    if (comma) {
+      *comma = 0;
+      unsigned char *m = macs[i].b;
+      if (sscanf(comma + 1, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) != 6) {
+        fprintf(stderr, "holder: bad MAC %s\n", comma + 1);
+        return 2;
+      }
+      macs[i].set = 1;
+    }
   }
+  all_address = address;
+  all_macs = macs;
+  n_clones = n;
   int host_net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
   if (host_net < 0) { perror("holder: /proc/self/ns/net"); return 1; }
   /* Our own death before "go" must take the clones along; after "go" we detach on purpose. */

@@ -10,6 +10,8 @@ export interface HolderClone {
   hostname: string;
   /** Address for eth0 (configured on "net"). */
   address: string;
+  /** MAC of its eth0: every sibling gets it as a permanent neighbour (no ARP between clones). */
+  mac?: string;
 }
 
 export interface HolderOptions {
@@ -62,7 +64,7 @@ export class HolderBatch {
     for (const dir of opts.shareTmp) args.push('--share-tmp', dir);
     if (opts.hostsFile) args.push('--hosts', opts.hostsFile);
     if (opts.resolvFile) args.push('--resolv', opts.resolvFile);
-    for (const c of clones) args.push(`${c.hostname}=${c.address}`);
+    for (const c of clones) args.push(`${c.hostname}=${c.address}${c.mac ? `,${c.mac}` : ''}`);
     // Own session: a Ctrl-C on the terminal reaches us, and we tear down; it must not hit the clones directly.
     const child = spawn(join(opts.nativeDir, 'holder'), args, { stdio: 'pipe', detached: true });
     const batch = new HolderBatch(child);
