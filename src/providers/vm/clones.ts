@@ -18,7 +18,8 @@ import { cloneMac, cloneName } from '../../net/names.js';
 import { AgentChannel, Frame } from './agent-client.js';
 import { Qmp } from './qmp.js';
 import { SshLink } from './ssh.js';
-import { type Accel, consoleTail, processStart, startQemu, type VmSpec } from './qemu.js';
+import { type Accel, consoleTail, startQemu, type VmSpec } from './qemu.js';
+import { startTime } from '../../state/process.js';
 import { bootAndGreet, bootTimeoutMs, killQuietly, type Template, vmFiles } from './template.js';
 
 /** Tap of clone i: sf<ticket>t<i>, at most 15 characters. */
@@ -199,12 +200,8 @@ async function startOne(job: CloneJob, base: string, i: number, count: number): 
 }
 
 async function recordProcess(job: CloneJob, pid: number, hostname: string): Promise<void> {
-  let start: number;
-  try {
-    start = processStart(pid);
-  } catch {
-    return; // already gone: nothing to remove
-  }
+  const start = startTime(pid);
+  if (start === null) return; // already gone: nothing to remove
   await job.ledger.add({ kind: 'process', pid, start, what: `qemu ${hostname}` });
 }
 

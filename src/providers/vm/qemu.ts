@@ -5,28 +5,18 @@
  * stock guest, so a /dev/kvm without vmx/svm does not count).
  */
 import { spawn } from 'node:child_process';
-import { accessSync, constants, existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
+import { hasHardwareVirtualization } from '../../host/checks.js';
 
 export const QEMU = 'qemu-system-x86_64';
 
 export type Accel = 'kvm' | 'tcg';
 
-export function hardwareVirtualization(): boolean {
-  try {
-    const flags = readFileSync('/proc/cpuinfo', 'utf8');
-    if (!/^flags\s*:.*\b(vmx|svm)\b/m.test(flags)) return false;
-    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 export function chooseAccel(): Accel {
   const forced = process.env.SNOWFLOCK_VM_ACCEL;
   if (forced === 'kvm' || forced === 'tcg') return forced;
-  return hardwareVirtualization() ? 'kvm' : 'tcg';
+  return hasHardwareVirtualization() ? 'kvm' : 'tcg';
 }
 
 export function qemuBinary(): string | null {
@@ -116,12 +106,6 @@ export function startQemu(s: VmSpec, stderrFile: string): Started {
   child.unref();
   if (child.pid === undefined) throw new Error(`cannot start ${QEMU}`);
   return { pid: child.pid, exited, ref: () => child.ref() };
-}
-
-/** /proc/PID/stat field 22: the process's start time, recorded to guard against PID reuse. */
-export function processStart(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
 }
 
 /** The last lines of a guest's console, for an error message. */
