@@ -226,6 +226,7 @@ export class Engine {
       report.tickets.push({ id, ...(await this.teardown(id, r)) });
     }
     report.claims = [...(await this.removeOrphanClaims()), ...(await this.removeStaleWrites())];
+    await this.store.pruneEmpty();
     if (opts.templates) report.templates = await cleanupTemplates();
     return report;
   }

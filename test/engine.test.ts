@@ -4,7 +4,7 @@
  * its clones can still be removed, and requests that make no sense are refused.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
@@ -64,6 +64,23 @@ describe('clone engine', function () {
     expect(record.clones.map((c) => c.hostname)).to.deep.equal([0, 1, 2].map((i) => `sf${ticket.id}-${i}`));
     const report = await engine.kill(ticket);
     expect(report.failed).to.deep.equal([]);
+  });
+
+  it('leaves an empty state directory once the last ticket is gone, and recreates its folders for the next', async () => {
+    const a = await engine.requestTicket(1, { provider: 'netns' });
+    const b = await engine.requestTicket(1, { provider: 'netns' });
+    ours.push(a.id, b.id);
+    await engine.kill(a);
+    // b still lives: its record and subnet claim keep the folders.
+    expect(readdirSync(stateDir).sort()).to.deep.equal(['subnets', 'tickets']);
+    await engine.kill(b);
+    expect(readdirSync(stateDir)).to.deep.equal([]);
+    // The next ticket recreates the folders.
+    const c = await engine.requestTicket(1, { provider: 'netns' });
+    ours.push(c.id);
+    expect(existsSync(join(stateDir, 'tickets', `${c.id}.json`))).to.equal(true);
+    await engine.kill(c);
+    expect(readdirSync(stateDir)).to.deep.equal([]);
   });
 
   it('refuses a ticket when the pool is full, in one line, creating nothing', async () => {

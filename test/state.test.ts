@@ -48,6 +48,16 @@ describe('state records', () => {
     expect(await store.ids()).to.deep.equal(['abc123']);
   });
 
+  it('creates a record even when a concurrent prune removed the folders after init', async () => {
+    await store.pruneEmpty();
+    expect(existsSync(store.ticketsDir)).to.equal(false);
+    expect(await store.createExclusive(newRecord('abc125'))).to.equal(true);
+    await store.pruneEmpty(); // not empty now: must keep the record
+    expect(await store.ids()).to.deep.equal(['abc125']);
+    await store.remove('abc125');
+    expect(existsSync(store.ticketsDir)).to.equal(false);
+  });
+
   it('persists every addition before it returns, concurrent ones included', async () => {
     const record = newRecord('abc124');
     await store.createExclusive(record);

@@ -2,7 +2,7 @@
  * A ticket's private network: a /24 claimed from the pool, a bridge holding the gateway address,
  * and the nftables table that isolates it. Each piece is recorded in the ledger before it exists.
  */
-import { open } from 'node:fs/promises';
+import { openExclusive } from '../state/record.js';
 import { join } from 'node:path';
 import { UserError } from '../errors.js';
 import type { Ledger } from '../state/ledger.js';
@@ -25,7 +25,7 @@ export async function claimSubnet(pool: Pool, claimsDir: string, ledger: Ledger)
     const claim: Resource = { kind: 'file', path: join(claimsDir, subnet.split('/')[0]!) };
     await ledger.add(claim);
     try {
-      const fh = await open(claim.path, 'wx', 0o644);
+      const fh = await openExclusive(claim.path);
       await fh.writeFile(id + '\n');
       await fh.close();
     } catch (e) {

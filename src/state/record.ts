@@ -3,7 +3,8 @@
  * resource of the ticket before it is created. Creating the file with O_EXCL is how a ticket id is
  * claimed; removing it is the last step of teardown. Updates replace the file atomically (rename).
  */
-import { mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, rmdir, writeFile, type FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { join } from 'node:path';
 import type { CloneInfo, Resource, Ticket } from '../types.js';
 import type { ProcessIdentity } from './process.js';
@@ -41,7 +42,7 @@ export class RecordStore {
   async createExclusive(record: StateRecord): Promise<boolean> {
     let fh;
     try {
-      fh = await open(this.pathOf(record.ticket.id), 'wx', 0o644);
+      fh = await openExclusive(this.pathOf(record.ticket.id));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
       throw e;
@@ -89,7 +90,30 @@ export class RecordStore {
     return records.filter((r): r is StateRecord => r !== null);
   }
 
+  /** Removes a record; with the last one gone, the store's folders go too, so nothing is left. */
   async remove(id: string): Promise<void> {
     await rm(this.pathOf(id), { force: true });
+    await this.pruneEmpty();
+  }
+
+  /** Removes the store's folders when they are empty. A creator racing with this recreates them
+   * (openExclusive), and rmdir never removes a folder with anything in it. */
+  async pruneEmpty(): Promise<void> {
+    for (const dir of [this.claimsDir, this.ticketsDir]) {
+      await rmdir(dir).catch(() => undefined);
+    }
+  }
+}
+
+/** Creates a file that must not exist yet (O_EXCL), recreating its folder if a concurrent
+ * RecordStore.pruneEmpty removed it. */
+export async function openExclusive(path: string): Promise<FileHandle> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await open(path, 'wx', 0o644);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 3) throw e;
+      await mkdir(dirname(path), { recursive: true, mode: 0o755 });
+    }
   }
 }
