@@ -1,23 +1,36 @@
 /*
  * holder: creates the namespaces of one or more netns clones and holds them open.
  *
- *   holder [--share-tmp /tmp/NAME]... [--hosts FILE] [--resolv FILE] [--gateway GW/PREFIX] HOSTNAME[=ADDRESS[,MAC]]...
+ *   holder [--share-tmp DIR]... [--hosts FILE] [--resolv FILE] [--gateway GW/PREFIX]
+ *          [--owner PID:START] HOSTNAME[=ADDRESS[,MAC]]...
  *
  * For each HOSTNAME, a child is cloned into new network, UTS, IPC, mount and PID namespaces. It is
  * PID 1 of its PID namespace: it mounts a fresh /proc, a private /tmp and /dev/shm, sets the
- * hostname, puts FILE over /etc/hosts (so that clones know each other by name), and then only reaps orphans until it is killed (which ends every process of the clone).
+ * hostname, puts FILE over /etc/hosts (so that clones know each other by name), and then only
+ * reaps orphans until it is killed (which ends every process of the clone).
  *
  * Handshake with the engine, so that no clone can outlive a creator that did not record it:
  * holder prints one host-visible PID per clone, then "ready". The engine writes the PIDs to the
  * ticket's state record, moves each clone's eth0 in, and writes "net": holder then configures every
  * clone's network from inside (lo and eth0 up, ADDRESS/PREFIX on eth0, default route via GW, every
- * sibling given with a MAC as a permanent neighbour), waits
- * until every clone's network forwards (see wait_forwarding) and answers "configured" (or "error: ..."). "go" makes holder detach and stay as the clones' parent,
- * reaping them as they are killed. EOF (the engine died) or anything else kills them all.
+ * sibling given with a MAC as a permanent neighbour), waits until every clone's network forwards
+ * (see holder__wait_forwarding) and answers "configured" (or "error: ..."). "go" makes holder
+ * detach and stay as the clones' parent, reaping them as they are killed. EOF (the engine died) or
+ * anything else before "go" kills them all.
+ *
+ * The lifeline: with --owner PID:START (the owner's PID and its start time, field 22 of
+ * /proc/PID/stat), holder also kills every clone as soon as that process ends after "go", however
+ * it ends (SIGKILL included): it holds a pidfd on the owner from the start and polls it. Without
+ * --owner the clones live until they are killed (a kept cluster: `snowflock up`, --keep). Why a
+ * pidfd and not the stdin pipe kept open: a pipe lives as long as any process holds its write end,
+ * and a descendant that inherited it would keep the cluster alive; a pidfd names the owner itself,
+ * and the owner need not keep anything open for it.
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <linux/if.h> /* after net/if.h: IF_OPER_UP, IFF_LOWER_UP */
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -26,64 +39,155 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <net/if.h>
-#include <poll.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "ns_netlink.h"
+#include "common/netconf.h"
+#include "common/netlink.h"
+#include "common/proc.h"
+#include "common/sf.h"
 
 #define MAX_SHARED 16
+#define BR_STATE_FORWARDING 3
+#define NET_READY_TIMEOUT_MS 20000
 
-static const char *shared_tmp[MAX_SHARED];
-static int n_shared;
-static const char *hosts_file;
-static const char *resolv_file;
-static struct in_addr gateway;
-static int prefix_len;
-static int have_gateway;
-
-/* Every clone of the batch: its address and MAC, for the other clones' neighbour tables. */
-struct mac {
-  unsigned char b[6];
-  int set;
+struct holder_options {
+  const char *shared_tmp[MAX_SHARED];
+  int n_shared;
+  const char *hosts_file;
+  const char *resolv_file;
+  int has_gateway;
+  struct in_addr gateway;
+  int prefix;
+  int has_owner;
+  pid_t owner_pid;
+  unsigned long long owner_start;
 };
-static char **all_address;
-static struct mac *all_macs;
-static int n_clones;
 
-/* Reports a setup failure of a clone over its ready pipe, then exits the clone. */
-static void fail(int ready, const char *fmt, ...) {
-  char buf[512];
+struct clone {
+  const char *name;
+  int has_addr;
+  struct in_addr addr;
+  int has_mac;
+  unsigned char mac[6];
+  pid_t pid;     /* host-visible PID of its PID 1; 0 before it exists */
+  int ready;     /* read end of its setup pipe, -1 once read */
+  struct nl watch; /* during "net": in its namespace, hears its link changes */
+  int eth0;      /* index of its eth0 (0 without an address) */
+};
+
+struct holder {
+  struct holder_options opt;
+  struct clone *clones;
+  int n;
+  int host_net; /* the host's network namespace, to return to */
+  int owner;    /* pidfd on the owner, or -1 */
+};
+
+/* What failed, for the one line that reports it. */
+struct step {
+  char what[320];
+};
+
+static int step__fail(struct step *s, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int step__fail(struct step *s, int err, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(buf, sizeof buf - 2, fmt, ap);
+  vsnprintf(s->what, sizeof s->what, fmt, ap);
   va_end(ap);
-  if (n < 0) n = 0;
-  if (n > (int)sizeof buf - 3) n = sizeof buf - 3;
-  n += snprintf(buf + n, sizeof buf - n, ": %s", strerror(errno));
-  if (write(ready, buf, n) < 0) { /* nothing left to tell */ }
-  _exit(1);
+  return err;
 }
 
-/* A private /tmp, except for the directories the caller works in (they stay the host's). */
-static void private_tmp(int ready) {
-  char keep[64];
-  for (int i = 0; i < n_shared; i++) {
-    snprintf(keep, sizeof keep, "/dev/shm/.sf-keep-%d", i);
-    if (mkdir(keep, 0700) < 0) fail(ready, "mkdir %s", keep);
-    if (mount(shared_tmp[i], keep, NULL, MS_BIND | MS_REC, NULL) < 0) fail(ready, "bind %s", shared_tmp[i]);
+/* ---- options ---- */
+
+static int holder__usage(void) {
+  sf_err(0, "usage: holder [--share-tmp DIR]... [--hosts FILE] [--resolv FILE] [--gateway GW/PREFIX] [--owner PID:START] "
+            "HOSTNAME[=ADDRESS[,MAC]]...");
+  return -EINVAL;
+}
+
+/* One option and its value; -EINVAL after saying what was wrong. */
+static int holder_options__set(struct holder_options *o, const char *name, const char *value) {
+  if (strcmp(name, "--share-tmp") == 0) {
+    if (o->n_shared == MAX_SHARED) return sf_err(0, "at most %d --share-tmp", MAX_SHARED), -EINVAL;
+    o->shared_tmp[o->n_shared++] = value;
+  } else if (strcmp(name, "--hosts") == 0) {
+    o->hosts_file = value;
+  } else if (strcmp(name, "--resolv") == 0) {
+    o->resolv_file = value;
+  } else if (strcmp(name, "--gateway") == 0) {
+    if (netconf__parse_cidr(value, &o->gateway, &o->prefix) < 0) return sf_err(0, "bad --gateway %s: give GW/PREFIX", value), -EINVAL;
+    o->has_gateway = 1;
+  } else if (strcmp(name, "--owner") == 0) {
+    if (sf_proc_parse_identity(value, &o->owner_pid, &o->owner_start) < 0)
+      return sf_err(0, "bad --owner %s: give PID:START (field 22 of /proc/PID/stat)", value), -EINVAL;
+    o->has_owner = 1;
+  } else {
+    return 1; /* not an option: the clones begin here */
   }
-  if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) fail(ready, "mount /tmp");
-  for (int i = 0; i < n_shared; i++) {
+  return 0;
+}
+
+/* HOSTNAME[=ADDRESS[,MAC]], parsed in place. */
+static int clone__parse(struct clone *c, char *arg) {
+  memset(c, 0, sizeof *c);
+  c->ready = -1;
+  c->watch.fd = -1;
+  c->name = arg;
+  char *eq = strchr(arg, '=');
+  if (!eq) return 0;
+  *eq = 0;
+  char *addr = eq + 1, *comma = strchr(addr, ',');
+  if (comma) {
+    *comma = 0;
+    if (netconf__parse_mac(comma + 1, c->mac) < 0) return sf_err(0, "bad MAC %s of %s", comma + 1, arg), -EINVAL;
+    c->has_mac = 1;
+  }
+  if (netconf__parse_addr(addr, &c->addr) < 0) return sf_err(0, "bad address %s of %s", addr, arg), -EINVAL;
+  c->has_addr = 1;
+  return 0;
+}
+
+static int holder__parse(struct holder *h, int argc, char **argv) {
+  int i = 1;
+  for (; i + 1 < argc; i += 2) {
+    int rc = holder_options__set(&h->opt, argv[i], argv[i + 1]);
+    if (rc < 0) return rc;
+    if (rc > 0) break;
+  }
+  h->n = argc - i;
+  if (h->n < 1 || argv[i][0] == '-') return holder__usage();
+  h->clones = sf_array((size_t)h->n, sizeof *h->clones);
+  if (!h->clones) return sf_err(-ENOMEM, "clones"), -ENOMEM;
+  for (int k = 0; k < h->n; k++) {
+    int rc = clone__parse(&h->clones[k], argv[i + k]);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+/* ---- inside a new clone ---- */
+
+/* A private /tmp, except for the directories the caller works in (they stay the host's). */
+static int clone__private_tmp(const struct holder_options *o, struct step *s) {
+  char keep[64];
+  for (int i = 0; i < o->n_shared; i++) {
     snprintf(keep, sizeof keep, "/dev/shm/.sf-keep-%d", i);
-    if (mkdir(shared_tmp[i], 0755) < 0 && errno != EEXIST) fail(ready, "mkdir %s", shared_tmp[i]);
-    if (mount(keep, shared_tmp[i], NULL, MS_MOVE, NULL) < 0) fail(ready, "move %s", shared_tmp[i]);
+    if (mkdir(keep, 0700) < 0) return step__fail(s, -errno, "mkdir %s", keep);
+    if (mount(o->shared_tmp[i], keep, NULL, MS_BIND | MS_REC, NULL) < 0) return step__fail(s, -errno, "bind %s", o->shared_tmp[i]);
+  }
+  if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) return step__fail(s, -errno, "mount /tmp");
+  for (int i = 0; i < o->n_shared; i++) {
+    snprintf(keep, sizeof keep, "/dev/shm/.sf-keep-%d", i);
+    if (mkdir(o->shared_tmp[i], 0755) < 0 && errno != EEXIST) return step__fail(s, -errno, "mkdir %s", o->shared_tmp[i]);
+    if (mount(keep, o->shared_tmp[i], NULL, MS_MOVE, NULL) < 0) return step__fail(s, -errno, "move %s", o->shared_tmp[i]);
     rmdir(keep);
   }
+  return 0;
 }
 
 /*
@@ -92,40 +196,43 @@ static void private_tmp(int ready) {
  * clone does not have and miss its eth0 wherever the host's own interface has another name.
  * The host's cgroup hierarchy stays visible (moved over from the old /sys).
  */
-static void own_sysfs(int ready) {
+static int clone__own_sysfs(struct step *s) {
   const char *keep = "/dev/shm/.sf-cgroup";
   int have_cgroup = 0;
   if (mkdir(keep, 0700) == 0) {
     have_cgroup = mount("/sys/fs/cgroup", keep, NULL, MS_BIND | MS_REC, NULL) == 0;
     if (!have_cgroup) rmdir(keep);
   }
-  if (mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) fail(ready, "mount /sys");
+  if (mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) return step__fail(s, -errno, "mount /sys");
   if (have_cgroup) {
     if (mount(keep, "/sys/fs/cgroup", NULL, MS_MOVE, NULL) < 0) umount2(keep, MNT_DETACH);
     rmdir(keep);
   }
+  return 0;
 }
 
-static void setup_clone(const char *hostname, int ready) {
+static int clone__setup(const struct clone *c, const struct holder_options *o, struct step *s) {
   /* Slave, not private: the host's unmounts (ip netns delete) must still reach our copy, or our
    * copy of another clone's /run/netns mount would keep that clone's network alive. */
-  if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) fail(ready, "make / rslave");
+  if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) return step__fail(s, -errno, "make / rslave");
   /* Nor should we hold copies of other namespaces' mounts at all. */
   umount2("/run/netns", MNT_DETACH);
-  if (sethostname(hostname, strlen(hostname)) < 0) fail(ready, "sethostname %s", hostname);
+  if (sethostname(c->name, strlen(c->name)) < 0) return step__fail(s, -errno, "sethostname %s", c->name);
   /* Before the private /tmp: FILE may live under the host's /tmp. */
-  if (hosts_file && mount(hosts_file, "/etc/hosts", NULL, MS_BIND, NULL) < 0) fail(ready, "bind %s on /etc/hosts", hosts_file);
+  if (o->hosts_file && mount(o->hosts_file, "/etc/hosts", NULL, MS_BIND, NULL) < 0)
+    return step__fail(s, -errno, "bind %s on /etc/hosts", o->hosts_file);
   /* A host without /etc/resolv.conf has no DNS to hang on: nothing to replace then. */
-  if (resolv_file && access("/etc/resolv.conf", F_OK) == 0 && mount(resolv_file, "/etc/resolv.conf", NULL, MS_BIND, NULL) < 0)
-    fail(ready, "bind %s on /etc/resolv.conf", resolv_file);
-  if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) fail(ready, "mount /dev/shm");
-  private_tmp(ready);
-  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) fail(ready, "mount /proc");
-  own_sysfs(ready);
+  if (o->resolv_file && access("/etc/resolv.conf", F_OK) == 0 && mount(o->resolv_file, "/etc/resolv.conf", NULL, MS_BIND, NULL) < 0)
+    return step__fail(s, -errno, "bind %s on /etc/resolv.conf", o->resolv_file);
+  if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) return step__fail(s, -errno, "mount /dev/shm");
+  int rc = clone__private_tmp(o, s);
+  if (rc < 0) return rc;
+  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) return step__fail(s, -errno, "mount /proc");
+  return clone__own_sysfs(s);
 }
 
 /* PID 1 of the clone: orphans of the clone are reparented here and must be reaped. */
-static void be_init(void) {
+static void __attribute__((noreturn)) clone__be_init(void) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGCHLD);
@@ -146,97 +253,128 @@ static void quiet_stdio(void) {
   if (null > 2) close(null);
 }
 
-static pid_t start_clone(const char *hostname, int *ready_r) {
+/* The new clone's first code: sets it up, says "ok" or why not on its pipe, then is its init. */
+static void __attribute__((noreturn)) clone__main(const struct clone *c, const struct holder_options *o, int ready) {
+  /* A clone never outlives its holder, however the holder ends (SIGKILL, SIGPIPE, a crash): the
+   * clone's PID 1 dies with it, and so does every process in the clone. */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  quiet_stdio();
+  /* Hold nothing of our parent's (other clones' pipes, the host namespace): only the ready pipe. */
+  if (ready > 3) close_range(3, (unsigned)ready - 1, 0);
+  close_range((unsigned)ready + 1, ~0U, 0);
+  struct step s;
+  int rc = clone__setup(c, o, &s);
+  char msg[400];
+  int n = rc < 0 ? snprintf(msg, sizeof msg, "%s: %s", s.what, strerror(-rc)) : snprintf(msg, sizeof msg, "ok");
+  if (n > (int)sizeof msg - 1) n = sizeof msg - 1;
+  if (sf_write_all(ready, msg, (size_t)n) < 0 || rc < 0) _exit(1);
+  close(ready);
+  clone__be_init();
+}
+
+/* ---- the batch, from the host ---- */
+
+static int clone__start(struct clone *c, const struct holder_options *o) {
   int p[2];
-  if (pipe2(p, O_CLOEXEC) < 0) return -1;
+  if (pipe2(p, O_CLOEXEC) < 0) return -errno;
   fflush(NULL);
   pid_t pid = (pid_t)syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNS | SIGCHLD,
                              NULL, NULL, NULL, NULL);
   if (pid < 0) {
+    int err = -errno;
     close(p[0]);
     close(p[1]);
-    return -1;
+    return err;
   }
   if (pid == 0) {
     close(p[0]);
-    quiet_stdio();
-    /* Hold nothing of our parent's (other clones' pipes, the host namespace): only the ready pipe. */
-    if (p[1] > 3) close_range(3, p[1] - 1, 0);
-    close_range(p[1] + 1, ~0U, 0);
-    setup_clone(hostname, p[1]);
-    if (write(p[1], "ok", 2) != 2) _exit(1);
-    close(p[1]);
-    be_init();
+    clone__main(c, o, p[1]);
   }
   close(p[1]);
-  *ready_r = p[0];
-  return pid;
+  c->pid = pid;
+  c->ready = p[0];
+  return 0;
 }
 
-/* Opens a rtnetlink socket in the current network namespace, joined to the link group if asked. */
-static int nl_socket(int watch) {
-  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | (watch ? SOCK_NONBLOCK : 0), NETLINK_ROUTE);
-  if (fd < 0 || !watch) return fd;
-  struct sockaddr_nl sa = {.nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK};
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-    close(fd);
-    return -1;
+/* Reads the clone's "ok", or reports why it is not; 0 or -1. */
+static int clone__await_ready(struct clone *c) {
+  char buf[512];
+  ssize_t r;
+  do r = read(c->ready, buf, sizeof buf - 1); while (r < 0 && errno == EINTR);
+  close(c->ready);
+  c->ready = -1;
+  if (r == 2 && memcmp(buf, "ok", 2) == 0) return 0;
+  buf[r > 0 ? r : 0] = 0;
+  sf_err(0, "clone %s: %s", c->name, r > 0 ? buf : "died during setup");
+  return -1;
+}
+
+static void holder__kill_all(struct holder *h) {
+  for (int i = 0; i < h->n; i++)
+    if (h->clones[i].pid > 0) kill(h->clones[i].pid, SIGKILL);
+  while (wait(NULL) > 0 || errno == EINTR) {}
+}
+
+static int holder__start_clones(struct holder *h) {
+  for (int i = 0; i < h->n; i++) {
+    int rc = clone__start(&h->clones[i], &h->opt);
+    if (rc < 0) return sf_err(rc, "cannot create namespaces for %s", h->clones[i].name), rc;
   }
-  return fd;
+  int bad = 0;
+  for (int i = 0; i < h->n; i++) bad |= clone__await_ready(&h->clones[i]) < 0;
+  return bad ? -1 : 0;
 }
 
-/* Configures one clone's network from inside its namespace; returns 0 or writes why into err.
- * On success *watch is a socket of the clone's namespace that hears its link changes, and *eth0 the
- * index of its eth0 (0 without an address), for wait_forwarding. */
-static int configure_net(pid_t pid, const char *address, int *watch, int *eth0_r, char *err, size_t errlen) {
+/* ---- "net" ---- */
+
+/* Every sibling of clone `self` that has an address and a MAC, into neigh; their count. */
+static int holder__siblings(const struct holder *h, int self, struct netconf_neigh *neigh) {
+  int m = 0;
+  for (int j = 0; j < h->n; j++) {
+    const struct clone *s = &h->clones[j];
+    if (j == self || !s->has_addr || !s->has_mac) continue;
+    neigh[m].addr = s->addr;
+    memcpy(neigh[m].mac, s->mac, 6);
+    m++;
+  }
+  return m;
+}
+
+/*
+ * Configures clone i's network from inside its namespace (and comes back to the host's). On
+ * success its watch socket hears the clone's link changes, for holder__wait_forwarding.
+ */
+static int holder__configure_clone(struct holder *h, int i, struct netconf_neigh *scratch, struct step *s) {
+  struct clone *c = &h->clones[i];
   char path[64];
-  snprintf(path, sizeof path, "/proc/%d/ns/net", (int)pid);
+  snprintf(path, sizeof path, "/proc/%d/ns/net", (int)c->pid);
   int ns = open(path, O_RDONLY | O_CLOEXEC);
   if (ns < 0 || setns(ns, CLONE_NEWNET) < 0) {
-    snprintf(err, errlen, "cannot enter %s: %s", path, strerror(errno));
+    int err = -errno;
     if (ns >= 0) close(ns);
-    return -1;
+    return step__fail(s, err, "cannot enter %s", path);
   }
   close(ns);
   /* Joined before eth0 comes up, so that no change of it goes unheard. */
-  *watch = nl_socket(1);
-  *eth0_r = 0;
-  if (*watch < 0) {
-    snprintf(err, errlen, "netlink socket: %s", strerror(errno));
-    return -1;
+  int rc = nl__open(&c->watch, 1);
+  if (rc < 0) step__fail(s, rc, "netlink socket");
+  if (rc == 0) {
+    struct netconf conf = {
+        .ifname = c->has_addr ? "eth0" : NULL,
+        .has_addr = c->has_addr,
+        .addr = c->addr,
+        .prefix = h->opt.prefix,
+        .has_gateway = c->has_addr && h->opt.has_gateway,
+        .gateway = h->opt.gateway,
+        .neigh = scratch,
+        .n_neigh = c->has_addr ? holder__siblings(h, i, scratch) : 0,
+    };
+    const char *what = "";
+    rc = netconf__apply(&conf, &c->eth0, &what);
+    if (rc < 0) step__fail(s, rc, "%s", what);
   }
-  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-  int rc = fd < 0 ? -errno : ns_nl_link_up(fd, 1);
-  const char *step = "lo up";
-  if (rc == 0 && address) {
-    struct in_addr a;
-    int eth0 = (int)if_nametoindex("eth0");
-    *eth0_r = eth0;
-    step = "find eth0";
-    if (!eth0) rc = -ENODEV;
-    if (rc == 0 && inet_pton(AF_INET, address, &a) != 1) rc = -EINVAL, step = "parse address";
-    if (rc == 0) rc = ns_nl_addr_add(fd, eth0, a, prefix_len), step = "add address";
-    if (rc == 0) rc = ns_nl_link_up(fd, eth0), step = "eth0 up";
-    if (rc == 0 && have_gateway) rc = ns_nl_default_route(fd, gateway), step = "default route";
-    /*
-     * Siblings as permanent neighbours: their MACs are known, so no clone ever ARPs for one. Not only
-     * faster: the kernel's ARP table is one for all network namespaces, and its dynamic entries are
-     * capped host-wide (net.ipv4.neigh.default.gc_thresh3, 1024 by default). N clones that all talk
-     * to each other (MPI_Init does) need N*(N-1) entries: with 32 clones the table overflowed, new
-     * entries failed ("neighbor table overflow!"), and connects waited seconds or failed with
-     * "destination unreachable". Permanent entries are exempt from that cap.
-     */
-    for (int j = 0; rc == 0 && j < n_clones; j++) {
-      struct in_addr b;
-      if (!all_macs[j].set || !all_address[j] || all_address[j] == address) continue;
-      if (inet_pton(AF_INET, all_address[j], &b) != 1) rc = -EINVAL, step = "parse sibling address";
-      else rc = ns_nl_neigh_add(fd, eth0, b, all_macs[j].b), step = "sibling neighbour";
-    }
-  }
-  if (fd >= 0) close(fd);
-  if (rc < 0) snprintf(err, errlen, "%s: %s", step, strerror(-rc));
-  if (rc < 0) close(*watch), *watch = -1;
-  return rc < 0 ? -1 : 0;
+  if (setns(h->host_net, CLONE_NEWNET) < 0) sf_die(1, -errno, "back to the host network");
+  return rc;
 }
 
 /* Reads sysfs (the host's: our mount namespace is the host's): a bridge port's STP state, or -1. */
@@ -250,8 +388,26 @@ static int brport_state(const char *ifname) {
   return r > 0 ? atoi(buf) : -1;
 }
 
-#define BR_STATE_FORWARDING 3
-#define NET_READY_TIMEOUT_MS 20000
+/* Whether clone c's network forwards: 1, 0 (not yet: *why says what is missing), or -errno. */
+static int clone__forwards(struct clone *c, struct nl *host, const char **why) {
+  struct nl_link_state in, out;
+  int rc = nl__link_state(&c->watch, c->eth0, &in);
+  if (rc < 0) return *why = "eth0 state", rc;
+  if (in.operstate != IF_OPER_UP || !(in.flags & IFF_LOWER_UP) || in.peer <= 0) return *why = "eth0 not operationally up", 0;
+  rc = nl__link_state(host, in.peer, &out);
+  if (rc < 0) return *why = "host side of eth0", rc;
+  if (out.operstate != IF_OPER_UP || !(out.flags & IFF_LOWER_UP)) return *why = "host side not operationally up", 0;
+  char ifname[IF_NAMESIZE];
+  if (!if_indextoname((unsigned)in.peer, ifname) || brport_state(ifname) != BR_STATE_FORWARDING)
+    return *why = "host side not a forwarding bridge port", 0;
+  return 1;
+}
+
+static long elapsed_ms(const struct timespec *t0) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (now.tv_sec - t0->tv_sec) * 1000 + (now.tv_nsec - t0->tv_nsec) / 1000000;
+}
 
 /*
  * An administratively up eth0 does not forward yet. Its carrier (and its host-side peer's) comes on
@@ -262,195 +418,161 @@ static int brport_state(const char *ifname) {
  * after 3: "destination unreachable"). So a clone is ready only when its eth0 is operationally up
  * and its peer is up with carrier and a forwarding port of the bridge. We wait for the kernel's own
  * link notifications (no sleeping, no polling); the bound only turns a stuck kernel into an error.
- * Must be called in the host's network namespace; host_watch hears the host's link changes.
+ * Runs in the host's network namespace; host_watch hears the host's link changes.
  */
-static int wait_forwarding(int n, pid_t *pids, int *watch, int *eth0, int host_watch, char **names, char *err, size_t errlen) {
-  int host_q = nl_socket(0);
-  if (host_q < 0) {
-    snprintf(err, errlen, "netlink socket: %s", strerror(errno));
-    return -1;
-  }
-  char *ready = calloc(n, 1);
-  struct pollfd *pfd = calloc(n + 1, sizeof *pfd);
-  if (!ready || !pfd) {
-    snprintf(err, errlen, "out of memory");
-    close(host_q);
-    free(ready);
-    free(pfd);
-    return -1;
-  }
-  struct timespec t0, now;
+static int holder__wait_forwarding(struct holder *h, struct nl *host_watch, struct step *s) {
+  struct nl host;
+  int rc = nl__open(&host, 0);
+  if (rc < 0) return step__fail(s, rc, "netlink socket");
+  char *ready = sf_calloc((size_t)h->n, 1);
+  struct pollfd *pfd = sf_array((size_t)h->n + 1, sizeof *pfd);
+  if (!ready || !pfd) rc = step__fail(s, -ENOMEM, "wait for the links");
+  struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  int rc = 0, left = n;
+  int left = h->n, bad = -1;
   const char *why = "";
-  int bad = -1;
-  for (;;) {
-    for (int i = 0; i < n; i++) {
+  while (rc == 0) {
+    for (int i = 0; i < h->n && rc == 0; i++) {
       if (ready[i]) continue;
-      if (!eth0[i]) { ready[i] = 1, left--; continue; }
-      int oper, peer, r;
-      unsigned flags;
-      r = ns_nl_link_state(watch[i], eth0[i], &oper, &flags, &peer);
-      if (r < 0) { rc = r, bad = i, why = "eth0 state"; break; }
-      if (oper != IF_OPER_UP || !(flags & IFF_LOWER_UP) || peer <= 0) { bad = i, why = "eth0 not operationally up"; continue; }
-      int poper, ppeer;
-      unsigned pflags;
-      r = ns_nl_link_state(host_q, peer, &poper, &pflags, &ppeer);
-      if (r < 0) { rc = r, bad = i, why = "host side of eth0"; break; }
-      char ifname[IF_NAMESIZE];
-      if (poper != IF_OPER_UP || !(pflags & IFF_LOWER_UP)) { bad = i, why = "host side not operationally up"; continue; }
-      if (!if_indextoname(peer, ifname) || brport_state(ifname) != BR_STATE_FORWARDING) { bad = i, why = "host side not a forwarding bridge port"; continue; }
-      ready[i] = 1, left--;
+      int ok = h->clones[i].eth0 ? clone__forwards(&h->clones[i], &host, &why) : 1;
+      if (ok < 0) rc = ok, bad = i;
+      else if (ok) ready[i] = 1, left--;
+      else bad = i;
     }
     if (rc < 0 || left == 0) break;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    long ms = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
-    if (ms >= NET_READY_TIMEOUT_MS) { rc = -ETIMEDOUT; break; }
+    long ms = elapsed_ms(&t0);
+    if (ms >= NET_READY_TIMEOUT_MS) {
+      rc = -ETIMEDOUT;
+      break;
+    }
     /* Sleep until a link changes, here or in a clone not yet ready. */
     int m = 0;
-    pfd[m++] = (struct pollfd){.fd = host_watch, .events = POLLIN};
-    for (int i = 0; i < n; i++)
-      if (!ready[i]) pfd[m++] = (struct pollfd){.fd = watch[i], .events = POLLIN};
-    if (poll(pfd, m, (int)(NET_READY_TIMEOUT_MS - ms)) < 0 && errno != EINTR) { rc = -errno, why = "poll"; break; }
+    pfd[m++] = (struct pollfd){.fd = host_watch->fd, .events = POLLIN};
+    for (int i = 0; i < h->n; i++)
+      if (!ready[i]) pfd[m++] = (struct pollfd){.fd = h->clones[i].watch.fd, .events = POLLIN};
+    if (poll(pfd, (nfds_t)m, (int)(NET_READY_TIMEOUT_MS - ms)) < 0 && errno != EINTR) rc = -errno, why = "poll";
     /* Drain what was heard: only the wake-up matters (an overflow, ENOBUFS, is a wake-up too). */
-    char buf[8192];
-    for (int k = 0; k < m; k++)
-      if (pfd[k].revents)
-        while (recv(pfd[k].fd, buf, sizeof buf, MSG_DONTWAIT) > 0 || errno == ENOBUFS) {}
+    nl__drain(host_watch);
+    for (int i = 0; i < h->n; i++)
+      if (!ready[i]) nl__drain(&h->clones[i].watch);
   }
-  if (rc < 0) snprintf(err, errlen, "%s: %s: %s", bad >= 0 ? names[bad] : "?", why, rc == -ETIMEDOUT ? "still so after 20 s" : strerror(-rc));
-  (void)pids;
-  close(host_q);
+  if (rc < 0 && bad >= 0)
+    step__fail(s, rc, "%s: %s%s", h->clones[bad].name, why, rc == -ETIMEDOUT ? ": still so after 20 s" : "");
+  nl__close(&host);
   free(ready);
   free(pfd);
-  return rc < 0 ? -1 : 0;
+  return rc;
 }
 
-static void kill_all(pid_t *pids, int n) {
-  for (int i = 0; i < n; i++)
-    if (pids[i] > 0) kill(pids[i], SIGKILL);
-  while (wait(NULL) > 0 || errno == EINTR) {}
+/* "net": configures every clone, then waits until every one forwards. Answers on stdout. */
+static void holder__net(struct holder *h) {
+  struct step s = {""};
+  struct nl host_watch = {.fd = -1};
+  struct netconf_neigh *scratch = sf_array((size_t)h->n, sizeof *scratch);
+  /* Joined before any clone's eth0 comes up (see holder__wait_forwarding). */
+  int rc = scratch ? nl__open(&host_watch, 1) : -ENOMEM;
+  if (rc < 0) printf("error: cannot watch the links: %s\n", strerror(-rc));
+  for (int i = 0; i < h->n && rc == 0; i++) {
+    rc = holder__configure_clone(h, i, scratch, &s);
+    if (rc < 0) printf("error: %s: %s: %s\n", h->clones[i].name, s.what, strerror(-rc));
+  }
+  if (rc == 0 && (rc = holder__wait_forwarding(h, &host_watch, &s)) < 0)
+    printf("error: network not forwarding: %s%s%s\n", s.what, rc == -ETIMEDOUT ? "" : ": ", rc == -ETIMEDOUT ? "" : strerror(-rc));
+  for (int i = 0; i < h->n; i++) nl__close(&h->clones[i].watch);
+  nl__close(&host_watch);
+  free(scratch);
+  if (rc == 0) printf("configured\n");
+  fflush(stdout);
+}
+
+/* ---- after "go" ---- */
+
+/*
+ * Stays as the clones' parent so that they are reaped when killed (PID 1 of the host may not
+ * reap), until none is left. With an owner, its end (the pidfd turns readable) kills them all.
+ */
+static void holder__hold(struct holder *h) {
+  quiet_stdio();
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGINT, SIG_IGN);
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, NULL);
+  int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  int alive = h->n;
+  while (alive > 0) {
+    struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN}, {.fd = h->owner, .events = POLLIN}};
+    /* Without a signalfd (no memory for it), reaping falls back to a short period. */
+    if (poll(pf, 2, sfd < 0 ? 100 : -1) < 0 && errno != EINTR) break;
+    if (pf[1].revents) {
+      holder__kill_all(h);
+      break;
+    }
+    struct signalfd_siginfo si;
+    while (sfd >= 0 && read(sfd, &si, sizeof si) > 0) {}
+    while (waitpid(-1, NULL, WNOHANG) > 0) alive--;
+  }
+  if (sfd >= 0) close(sfd);
+}
+
+/* Commands, one per line: "net" (any number of times), then "go". Returns 0 at "go", else -1. */
+static int holder__commands(struct holder *h) {
+  char line[64];
+  while (fgets(line, sizeof line, stdin)) {
+    if (strncmp(line, "net", 3) == 0) holder__net(h);
+    else if (strncmp(line, "go", 2) == 0) return 0;
+    else break;
+  }
+  return -1;
+}
+
+static int holder__init(struct holder *h) {
+  h->host_net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (h->host_net < 0) return sf_err(-errno, "/proc/self/ns/net"), -1;
+  if (!h->opt.has_owner) return 0;
+  h->owner = sf_proc_open_identity(h->opt.owner_pid, h->opt.owner_start);
+  if (h->owner == -ESRCH)
+    return sf_err(0, "the owner %d:%llu is gone already; nothing was created", (int)h->opt.owner_pid, h->opt.owner_start), -1;
+  if (h->owner < 0) return sf_err(h->owner, "pidfd of the owner %d", (int)h->opt.owner_pid), -1;
+  return 0;
+}
+
+static void holder__exit(struct holder *h) {
+  if (h->owner >= 0) close(h->owner);
+  if (h->host_net >= 0) close(h->host_net);
+  free(h->clones);
 }
 
 int main(int argc, char **argv) {
-  int first = 1;
-  for (; first + 1 < argc; first += 2) {
-    if (strcmp(argv[first], "--share-tmp") == 0) {
-      if (n_shared == MAX_SHARED) { fprintf(stderr, "holder: too many --share-tmp\n"); return 2; }
-      shared_tmp[n_shared++] = argv[first + 1];
-    } else if (strcmp(argv[first], "--hosts") == 0) {
-      hosts_file = argv[first + 1];
-    } else if (strcmp(argv[first], "--resolv") == 0) {
-      resolv_file = argv[first + 1];
-    } else if (strcmp(argv[first], "--gateway") == 0) {
-      char gw[64];
-      snprintf(gw, sizeof gw, "%s", argv[first + 1]);
-      char *slash = strchr(gw, '/');
-      if (!slash || inet_pton(AF_INET, (*slash = 0, gw), &gateway) != 1) { fprintf(stderr, "holder: bad --gateway\n"); return 2; }
-      prefix_len = atoi(slash + 1);
-      have_gateway = 1;
-    } else break;
+  sf_prog("holder");
+  signal(SIGPIPE, SIG_IGN);
+  struct holder h = {.host_net = -1, .owner = -1};
+  int status = 1;
+  if (holder__parse(&h, argc, argv) < 0) {
+    status = 2;
+    goto out;
   }
-  int n = argc - first;
-  if (n < 1) { fprintf(stderr, "usage: holder [--share-tmp DIR]... HOSTNAME...\n"); return 2; }
-
-  pid_t *pids = calloc(n, sizeof *pids);
-  int *ready = calloc(n, sizeof *ready);
-  char **address = calloc(n, sizeof *address);
-  struct mac *macs = calloc(n, sizeof *macs);
-  if (!pids || !ready || !address || !macs) return 1;
-  for (int i = 0; i < n; i++) {
-    char *eq = strchr(argv[first + i], '=');
-    if (eq) *eq = 0, address[i] = eq + 1;
-    char *comma = address[i] ? strchr(address[i], ',') : NULL;
-    if (comma) {
-      *comma = 0;
-      unsigned char *m = macs[i].b;
-      if (sscanf(comma + 1, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) != 6) {
-        fprintf(stderr, "holder: bad MAC %s\n", comma + 1);
-        return 2;
-      }
-      macs[i].set = 1;
-    }
-  }
-  all_address = address;
-  all_macs = macs;
-  n_clones = n;
-  int host_net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (host_net < 0) { perror("holder: /proc/self/ns/net"); return 1; }
+  if (holder__init(&h) < 0) goto out;
   /* Our own death before "go" must take the clones along; after "go" we detach on purpose. */
-  for (int i = 0; i < n; i++) {
-    pids[i] = start_clone(argv[first + i], &ready[i]);
-    if (pids[i] < 0) {
-      fprintf(stderr, "holder: cannot create namespaces for %s: %s\n", argv[first + i], strerror(errno));
-      kill_all(pids, i);
-      return 1;
-    }
+  if (holder__start_clones(&h) < 0) {
+    holder__kill_all(&h);
+    goto out;
   }
-  for (int i = 0; i < n; i++) {
-    char buf[512];
-    ssize_t r;
-    do r = read(ready[i], buf, sizeof buf - 1); while (r < 0 && errno == EINTR);
-    close(ready[i]);
-    if (r != 2 || memcmp(buf, "ok", 2) != 0) {
-      buf[r > 0 ? r : 0] = 0;
-      fprintf(stderr, "holder: clone %s: %s\n", argv[first + i], r > 0 ? buf : "died during setup");
-      kill_all(pids, n);
-      return 1;
-    }
-  }
-  for (int i = 0; i < n; i++) printf("%d\n", (int)pids[i]);
+  for (int i = 0; i < h.n; i++) printf("%d\n", (int)h.clones[i].pid);
   printf("ready\n");
-  fflush(stdout);
-
-  /* Commands, one per line: "net" then "go". Anything else, or EOF, ends the clones. */
-  FILE *in = fdopen(0, "r");
-  char line[64];
-  for (;;) {
-    if (!in || !fgets(line, sizeof line, in)) {
-      kill_all(pids, n);
-      return 1;
-    }
-    if (strncmp(line, "net", 3) == 0) {
-      char err[300] = "";
-      int bad = 0;
-      int *watch = calloc(n, sizeof *watch), *eth0 = calloc(n, sizeof *eth0);
-      /* Joined before any clone's eth0 comes up (see wait_forwarding). */
-      int host_watch = nl_socket(1);
-      if (!watch || !eth0 || host_watch < 0) {
-        printf("error: cannot watch the links: %s\n", strerror(errno));
-        bad = 1;
-      }
-      for (int i = 0; i < n && !bad; i++) watch[i] = -1;
-      for (int i = 0; i < n && !bad; i++) {
-        if (configure_net(pids[i], address[i], &watch[i], &eth0[i], err, sizeof err) < 0) {
-          printf("error: %s: %s\n", argv[first + i], err);
-          bad = 1;
-        }
-        if (setns(host_net, CLONE_NEWNET) < 0) { perror("holder: back to the host network"); kill_all(pids, n); return 1; }
-      }
-      if (!bad && wait_forwarding(n, pids, watch, eth0, host_watch, argv + first, err, sizeof err) < 0) {
-        printf("error: network not forwarding: %s\n", err);
-        bad = 1;
-      }
-      for (int i = 0; watch && i < n; i++)
-        if (watch[i] > 0) close(watch[i]);
-      if (host_watch >= 0) close(host_watch);
-      free(watch);
-      free(eth0);
-      if (!bad) printf("configured\n");
-      fflush(stdout);
-    } else if (strncmp(line, "go", 2) == 0) {
-      break;
-    } else {
-      kill_all(pids, n);
-      return 1;
-    }
+  /* An engine that is gone cannot record the clones: they must not stay (EPIPE, not SIGPIPE). */
+  if (fflush(stdout) != 0) {
+    holder__kill_all(&h);
+    goto out;
   }
-  quiet_stdio();
-  /* Stay as the clones' parent so that they are reaped when killed (PID 1 of the host may not reap). */
-  signal(SIGHUP, SIG_IGN);
-  signal(SIGINT, SIG_IGN);
-  while (wait(NULL) > 0 || errno == EINTR) {}
-  return 0;
+  if (holder__commands(&h) < 0) {
+    holder__kill_all(&h);
+    goto out;
+  }
+  holder__hold(&h);
+  status = 0;
+out:
+  holder__exit(&h);
+  return status;
 }
