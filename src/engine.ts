@@ -1,34 +1,49 @@
 /**
- * The clone engine: SnowFlock's calls on a Linux host. requestTicket grants clones and builds the
- * ticket's private network; checkpoint and createClones delegate to the ticket's provider; join and
- * kill end the ticket. Every resource is named in the ticket's state record before it is created,
- * and teardown (shared with `snowflock cleanup`) removes what the record names, record last.
+ * The clone engine: SnowFlock's calls on a Linux host, as a facade over the ticket, network and
+ * provider modules (docs/architecture.md walks a job through them).
+ *
+ *   requestTicket(n)             sf_request_ticket: a ticket and its private network
+ *   checkpoint(ticket, source)   sf_checkpoint_parent: the parent state clones start from
+ *   createClones(ticket, cp)     sf_create_clones: clones 0..m-1, all ready, seeing the ticket's shared directories
+ *   failure(ticket)              the clones lost something on the host (their file server, their memory): one line
+ *   serveMemory(ticket, cp)      memory on demand: the checkpoint's memory served to clone hosts
+ *   memoryFigures(ticket)        memory on demand: what each clone host fetched, for --report
+ *   join(ticket) / kill(ticket)  sf_join / sf_kill: wait for the clones' processes, or not; tear down
+ *   attach, list, cleanup        for other processes: snowflock exec, ps, cleanup
+ *
+ * Every resource is named in the ticket's state record before it is created; teardown (shared with
+ * `snowflock cleanup`) removes what the record names, record last.
  */
-import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
-import { resolveConfig, type EngineConfig, type EngineOptions } from './config.js';
-import { UserError } from './errors.js';
-import { requireEngineHost } from './host/checks.js';
-import { logger, timed } from './log.js';
-import { openPorts } from './net/firewall.js';
-import { TICKET_ID } from './net/names.js';
-import { claimSubnet, createNetwork } from './net/network.js';
-import { parsePool } from './net/pool.js';
-import { cleanupTemplates, loadProvider, resolveProvider } from './providers/index.js';
-import type { Provider } from './providers/provider.js';
-import { Ledger } from './state/ledger.js';
-import { isRunning, self, startTime } from './state/process.js';
-import { RecordStore, type StateRecord } from './state/record.js';
-import { removeResources, type TeardownReport } from './state/teardown.js';
-import type { Checkpoint, CheckpointSource, Clone, CloneProcess, ExitStatus, ProviderName, Ticket, TicketOptions } from './types.js';
+import { spawn } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { ownerArg } from './common/lifeline.js';
+import { projectRoot } from './common/paths.js';
+import { resolveConfig, type EngineConfig, type EngineOptions } from './common/config.js';
+import { HostError, UsageError } from './common/errors.js';
+import { logger, timed } from './common/log.js';
+import { isRunning, startTime } from './common/processes.js';
+import { ENGINE_HELPERS, nativeHelperProblem, requireEngineHost } from './doctor/checks.js';
+import { openPorts } from './network/firewall.js';
+import { claimSubnet, createNetwork } from './network/network.js';
+import { parsePool } from './network/pool.js';
+import type { Checkpoint, CheckpointSource } from './providers/checkpoint.js';
+import type { Clone, CloneProcess, ExitStatus } from './providers/clone.js';
+import type { CreateContext, Provider, ProviderName } from './providers/provider.js';
+import type { MemoryFigures } from './memory/report.js';
+import type { MemoryOffer, ServeOptions } from './memory/source.js';
+import { cleanupTemplates, loadProvider, resolveProvider } from './providers/registry.js';
+import { TicketLifecycle, type LiveTicket } from './ticket/lifecycle.js';
+import { RecordStore, type StateRecord } from './ticket/record.js';
+import type { ResourceLedger } from './ticket/resources.js';
+import { removeOrphanClaims, removeStaleWrites } from './ticket/sweep.js';
+import type { TeardownReport } from './ticket/teardown.js';
+import { TICKET_ID, type Ticket, type TicketOptions } from './ticket/ticket.js';
 
 const log = logger('engine');
 
-export interface CreateClonesOptions {
-  /** Fewer clones than granted (default: all granted). */
-  count?: number;
-}
+/** The ticket's directory and record, for resources a caller of the engine creates itself. */
+export type TicketResources = Pick<ResourceLedger, 'dir' | 'add'>;
 
 /** A live ticket as `snowflock ps` shows it. */
 export interface TicketStatus {
@@ -54,34 +69,16 @@ export interface CleanupReport {
   templates: string[];
 }
 
-/** Optional provider hook: how many of n clones it can give now, and why fewer. */
-interface CapacityHint {
-  capacity(n: number): Promise<{ granted: number; reason?: string }>;
-}
-
-interface LiveTicket {
-  ledger: Ledger;
-  provider: Provider;
-  /** Processes this engine started in the ticket's clones, until they exit (join waits for them). */
-  running: Set<Promise<ExitStatus>>;
-  /** Creation in progress (network, clones): teardown lets it fail at its next record, then removes all. */
-  creating?: Promise<unknown>;
-  teardown?: Promise<TeardownReport>;
-  /** Boot clones instead of cloning a template (vm). */
-  coldBoot: boolean;
-}
-
 export class Engine {
   readonly config: EngineConfig;
   private readonly store: RecordStore;
-  private readonly live = new Map<string, LiveTicket>();
-  /** Tickets this engine has torn down: a later join/kill of one (a signal raced the caller) is not an error. */
-  private readonly ended = new Map<string, TeardownReport>();
+  private readonly tickets: TicketLifecycle;
   private readonly providers = new Map<ProviderName, Promise<Provider>>();
 
   constructor(opts: EngineOptions = {}) {
     this.config = resolveConfig(opts);
     this.store = new RecordStore(this.config.stateDir);
+    this.tickets = new TicketLifecycle(this.store);
   }
 
   /** Where state records live (the remote-shell shim and snowflock exec find tickets there). */
@@ -89,7 +86,7 @@ export class Engine {
     return this.config.stateDir;
   }
 
-  /** A ticket for n clones (or fewer, with the reason), with its network ready. */
+  /** A ticket for n clones, with its network ready. Everything a caller can get wrong fails first. */
   async requestTicket(n: number, opts: TicketOptions = {}): Promise<Ticket> {
     validateCount(n, this.config.maxClones);
     const pool = parsePool(this.config.pool);
@@ -97,79 +94,161 @@ export class Engine {
     const providerName = resolveProvider(opts.provider ?? 'auto');
     const provider = await this.provider(providerName);
     const why = await provider.unavailable();
-    if (why) throw new UserError(`the ${providerName} provider cannot run on this host: ${why}`, 3);
-    const { granted, reason } = await grant(provider, n);
+    if (why) throw new HostError(`the ${providerName} provider cannot run on this host`, why);
+    for (const helper of ENGINE_HELPERS) {
+      const problem = nativeHelperProblem(this.config.nativeDir, helper);
+      if (problem) throw new HostError(problem.what, problem.fix);
+    }
+    if (opts.checkpoint) provider.check(opts.checkpoint);
+    const shared = [...new Set((opts.share ?? []).map((d) => resolve(d)))];
+    provider.checkShare(shared);
 
-    await this.store.init();
-    const ledger = await this.claimTicket({
-      id: '',
-      provider: providerName,
-      requested: n,
-      granted,
-      ...(reason ? { reason } : {}),
-      network: { subnet: '', prefixLength: 24, gateway: '', bridge: '', table: '' },
-      openPorts: [],
-      kept: opts.keep ?? false,
-    });
+    const span = opts.span;
+    if (span && opts.keep) throw new UsageError('a cluster that spans hosts cannot be kept (--keep): it lives as long as its launcher');
+    const entry = await this.tickets.claim(
+      {
+        provider: providerName,
+        requested: n,
+        granted: n,
+        network: { subnet: '', prefixLength: 24, gateway: '', bridge: '', table: '' },
+        openPorts: [],
+        kept: opts.keep ?? false,
+        shared,
+      },
+      provider,
+      span?.id,
+    );
+    const { ledger } = entry;
     const ticket = ledger.ticket;
-    const entry: LiveTicket = { ledger, provider, running: new Set(), coldBoot: opts.coldBoot ?? false };
-    this.live.set(ticket.id, entry);
     try {
+      if (!ticket.kept) await this.startReaper(ticket);
       await ledger.add({ kind: 'dir', path: ledger.dir });
       await mkdir(ledger.dir, { recursive: true });
       await timed(log, `ticket ${ticket.id}: network`, () =>
-        this.creation(entry, async () => {
-          const net = await claimSubnet(pool, this.store.claimsDir, ledger);
+        this.tickets.creation(entry, async () => {
+          const net = await claimSubnet(pool, this.store.claimsDir, ledger, span);
           await ledger.updateTicket((t) => (t.network = net));
           await createNetwork(net, ledger);
         }),
       );
     } catch (e) {
-      await this.teardownAfterFailure(ticket.id);
+      await this.tickets.teardownAfterFailure(ticket.id);
       throw e;
     }
-    log.info(`ticket ${ticket.id}: ${granted} ${providerName} clone(s) on ${ticket.network.subnet}`);
+    log.info(`ticket ${ticket.id}: ${n} ${providerName} clone(s) on ${ticket.network.subnet}`);
     return ticket;
   }
 
   /** Lets the ticket's clones open TCP connections to this host port on the gateway address. */
   async openPort(ticket: Ticket, port: number): Promise<void> {
-    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new UserError(`port ${port} is not a TCP port number (1-65535)`);
-    const entry = this.entry(ticket);
-    if (entry.ledger.ticket.openPorts.includes(port)) return;
-    await entry.ledger.updateTicket((t) => t.openPorts.push(port));
-    await openPorts(entry.ledger.ticket.network, [port]);
-    if (ticket !== entry.ledger.ticket) ticket.openPorts = [...entry.ledger.ticket.openPorts];
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new UsageError(`port ${port} is not a TCP port number (1-65535)`);
+    const { ledger } = this.tickets.get(ticket.id);
+    if (ledger.ticket.openPorts.includes(port)) return;
+    await ledger.updateTicket((t) => t.openPorts.push(port));
+    await openPorts(ledger.ticket.network, [port]);
+    if (ticket !== ledger.ticket) ticket.openPorts = [...ledger.ticket.openPorts];
   }
 
-  /** The parent state the ticket's clones start from (cached by the provider). */
+  /**
+   * For what a caller creates on this host for the ticket (a file server, a native launcher's
+   * files): the ticket's own directory, and the ticket's record to name each resource in before
+   * it exists. Teardown and `snowflock cleanup` remove them with the ticket, whatever happens.
+   */
+  resources(ticket: Ticket): TicketResources {
+    const { ledger } = this.tickets.get(ticket.id);
+    return { dir: ledger.dir, add: (...resources) => ledger.add(...resources) };
+  }
+
+  /**
+   * Records a process the caller started on this host for the ticket (a native MPI launcher), so
+   * that teardown and `snowflock cleanup` end it with the ticket. Recorded right after it started:
+   * its PID is not known before.
+   */
+  async recordProcess(ticket: Ticket, pid: number, what: string): Promise<void> {
+    const start = startTime(pid);
+    if (start === null) return; // gone already: nothing to end
+    await this.resources(ticket).add({ kind: 'process', pid, start, what });
+  }
+
+  /**
+   * The parent state the ticket's clones start from (cached by the provider). On failure the
+   * ticket is torn down: a caller that cannot get a checkpoint has no use for the ticket.
+   */
   async checkpoint(ticket: Ticket, source: CheckpointSource): Promise<Checkpoint> {
-    const entry = this.entry(ticket);
-    return timed(log, `ticket ${ticket.id}: checkpoint`, () => entry.provider.checkpoint(source, logger(entry.provider.name)));
+    const entry = this.tickets.get(ticket.id);
+    try {
+      return await timed(log, `ticket ${ticket.id}: checkpoint`, () => this.tickets.creation(entry, () => entry.provider.checkpoint(source, logger(entry.provider.name))));
+    } catch (e) {
+      await this.tickets.teardownAfterFailure(ticket.id);
+      throw e;
+    }
   }
 
-  /** Clones 0..m-1 of the ticket. On failure the whole ticket is torn down and the error rethrown. */
-  async createClones(checkpoint: Checkpoint, ticket: Ticket, opts: CreateClonesOptions = {}): Promise<Clone[]> {
-    const entry = this.entry(ticket);
+  /**
+   * Clones 0..m-1 of the ticket (m = all it grants, or opts.count), or the clones `opts.ids` of a
+   * ticket spanning hosts (the ones this host holds). On failure the whole ticket is torn down and
+   * the error rethrown.
+   */
+  async createClones(ticket: Ticket, checkpoint: Checkpoint, opts: { count?: number; ids?: number[] } = {}): Promise<Clone[]> {
+    const entry = this.tickets.get(ticket.id);
     const t = entry.ledger.ticket;
-    const count = opts.count ?? t.granted;
+    const ids = opts.ids ?? Array.from({ length: opts.count ?? t.granted }, (_, i) => i);
+    const count = ids.length;
     if (!Number.isInteger(count) || count < 1 || count > t.granted) {
-      throw new UserError(`cannot create ${count} clones on ticket ${t.id}, which grants ${t.granted}`);
+      throw new UsageError(`cannot create ${count} clones on ticket ${t.id}, which grants ${t.granted}`);
     }
-    if (entry.ledger.record.clones.length > 0) throw new UserError(`ticket ${t.id} has its clones already; request another ticket for more`);
+    if (ids.some((id) => !Number.isInteger(id) || id < 0 || id >= t.granted) || new Set(ids).size !== count) {
+      throw new UsageError(`clone ids ${ids.join(',')} are not distinct ids of ticket ${t.id} (0 to ${t.granted - 1})`);
+    }
+    if (entry.ledger.record.clones.length > 0) throw new UsageError(`ticket ${t.id} has its clones already; request another ticket for more`);
     if (checkpoint.provider !== t.provider) throw new Error(`a ${checkpoint.provider} checkpoint cannot make ${t.provider} clones`);
     let clones: Clone[];
     try {
       clones = await timed(log, `ticket ${t.id}: ${count} clones`, () =>
-        this.creation(entry, () =>
-          entry.provider.createClones({ ticket: t, ledger: entry.ledger, log: logger(entry.provider.name), coldBoot: entry.coldBoot }, checkpoint, count),
+        this.tickets.creation(entry, () =>
+          entry.provider.createClones(this.createContext(t.id), checkpoint, count, ids),
         ),
       );
     } catch (e) {
-      await this.teardownAfterFailure(t.id);
+      await this.tickets.teardownAfterFailure(t.id);
       throw e;
     }
-    return clones.map((c) => this.tracked(c, entry));
+    return clones.map((c) => tracked(c, entry));
+  }
+
+  private createContext(ticketId: string): CreateContext {
+    const entry = this.tickets.get(ticketId);
+    const t = entry.ledger.ticket;
+    return { ticket: t, ledger: entry.ledger, log: logger(entry.provider.name), openPort: (port) => this.openPort(t, port), fail: entry.fail };
+  }
+
+  /**
+   * Memory on demand, on the parent's host: serves the memory of the checkpoint's template to the
+   * ticket's clones on other hosts (a memserver of the ticket, listening on `listen`, this host's
+   * underlay ADDR:PORT). What it returns is what a clone host's engine takes as the checkpoint
+   * source's `memory` (with the descriptor file shipped there). Its loss fails the ticket.
+   */
+  async serveMemory(ticket: Ticket, checkpoint: Checkpoint, opts: ServeOptions): Promise<MemoryOffer> {
+    const entry = this.tickets.get(ticket.id);
+    const provider = entry.provider;
+    if (!provider.serveMemory) throw new UsageError(`the ${provider.name} provider has no memory to serve to other hosts; memory on demand is for VM clones`);
+    return this.tickets.creation(entry, () => provider.serveMemory!(this.createContext(ticket.id), checkpoint, opts));
+  }
+
+  /** Memory on demand: the ticket's figures on this host while its clones run (null: it used none). */
+  async memoryFigures(ticket: Ticket): Promise<MemoryFigures | null> {
+    const entry = this.tickets.get(ticket.id);
+    return (await entry.provider.memoryFigures?.(entry.ledger.ticket)) ?? null;
+  }
+
+  /**
+   * Resolves with one line (naming the ticket and the cause) if the ticket's clones lose a host
+   * service they depend on while they run: the file server of their shared directories died or
+   * stopped answering, or the memtap or memserver of their memory failed. Never resolves otherwise. A job races its ranks against it and fails: the
+   * clones' own calls on a lost server do not end by themselves; teardown ends them.
+   */
+  failure(ticket: Ticket): Promise<string> {
+    return this.tickets.get(ticket.id).failure;
   }
 
   /** Clones of a live ticket created by another process (snowflock exec, the remote-shell shim). */
@@ -177,18 +256,14 @@ export class Engine {
     const record = await this.record(ticketId);
     requireEngineHost();
     const provider = await this.provider(record.ticket.provider);
-    const holders = record.clones.map((c) => c.handle);
-    if (record.ticket.provider === 'netns' && holders.some((h) => !isRunning({ pid: Number(h.holder), start: Number(h.start) }))) {
-      throw new UserError(`ticket ${ticketId} has lost clones (its holders are gone); remove it with snowflock down ${ticketId}`);
-    }
     return { ticket: record.ticket, clones: provider.attach(record.ticket, record.clones) };
   }
 
   /** Waits until every process this engine started in the ticket's clones has exited, then tears down. */
   async join(ticket: Ticket | string): Promise<TeardownReport> {
     const id = typeof ticket === 'string' ? ticket : ticket.id;
-    const entry = this.live.get(id);
-    while (entry && entry.running.size > 0) await Promise.all([...entry.running]);
+    const running = this.tickets.ids().includes(id) ? this.tickets.get(id).running : new Set<Promise<ExitStatus>>();
+    while (running.size > 0) await Promise.all([...running]);
     return this.teardown(id);
   }
 
@@ -200,7 +275,7 @@ export class Engine {
 
   /** Tears down every ticket this engine created, except those named (signal handlers call this). */
   async killAll(except: string[] = []): Promise<void> {
-    const ids = [...this.live.keys()].filter((id) => !except.includes(id));
+    const ids = this.tickets.ids().filter((id) => !except.includes(id));
     await Promise.all(ids.map((id) => this.teardown(id).catch((e: Error) => log.error(`ticket ${id}: ${e.message}`))));
   }
 
@@ -225,13 +300,55 @@ export class Engine {
       if (!chosen) continue;
       report.tickets.push({ id, ...(await this.teardown(id, r)) });
     }
-    report.claims = [...(await this.removeOrphanClaims()), ...(await this.removeStaleWrites())];
+    report.claims = [...(await removeOrphanClaims(this.store, new Set(this.tickets.ids()))), ...(await removeStaleWrites(this.store))];
     await this.store.pruneEmpty();
     if (opts.templates) report.templates = await cleanupTemplates();
     return report;
   }
 
+  /**
+   * What every command start does, cheaply: tear down the tickets of owners that died (kept ones
+   * stay). A dead owner's clones are already gone by their lifeline; this removes the rest (network,
+   * record). Quiet: a host where the engine cannot run has nothing to reclaim.
+   */
+  async reclaim(): Promise<string[]> {
+    try {
+      requireEngineHost();
+    } catch {
+      return []; // the command itself says what is missing, in its own words
+    }
+    const dead = (await this.store.list()).filter((r) => !r.ticket.kept && !isRunning(r.owner));
+    if (dead.length === 0) return [];
+    const reclaimed: string[] = [];
+    for (const r of dead) {
+      await this.teardown(r.ticket.id, r)
+        .then(() => reclaimed.push(r.ticket.id))
+        .catch((e: Error) => log.warn(`reclaiming ticket ${r.ticket.id} of dead owner ${r.owner.pid}: ${e.message}`));
+    }
+    if (reclaimed.length) log.info(`reclaimed ticket(s) of dead owners: ${reclaimed.join(', ')}`);
+    return reclaimed;
+  }
+
   // --- internals ---
+
+  /**
+   * The ticket's reaper: if this process dies, it tears the ticket down from its record (see
+   * src/common/lifeline.ts). Recorded first, so teardown kills it last, while this process still
+   * lives; started before it is recorded (its PID is not known before), which is safe: a reaper
+   * whose owner dies before the record names it just runs the teardown.
+   */
+  private async startReaper(ticket: Ticket): Promise<void> {
+    const fromSources = import.meta.url.endsWith('.ts');
+    // From the root, not from this module: the commands run this code from a bundle elsewhere in dist/.
+    const script = join(projectRoot(), fromSources ? 'src/ticket/reap.ts' : 'dist/src/ticket/reap.js');
+    const loader = fromSources ? ['--import', join(projectRoot(), 'node_modules/tsx/dist/esm/index.mjs')] : [];
+    const argv = [join(this.config.nativeDir, 'reaper'), '--owner', ownerArg(), '--', process.execPath, ...loader, script, this.config.stateDir, ticket.id];
+    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: 'ignore' });
+    child.unref();
+    const start = child.pid === undefined ? null : startTime(child.pid);
+    if (child.pid === undefined || start === null) throw new HostError(`cannot start ${argv[0]}`, 'build the native helpers: make -C native (or npm run build)');
+    await this.resources(ticket).add({ kind: 'process', pid: child.pid, start, what: 'reaper' });
+  }
 
   private provider(name: ProviderName): Promise<Provider> {
     let p = this.providers.get(name);
@@ -242,169 +359,38 @@ export class Engine {
     return p;
   }
 
-  private entry(ticket: Ticket): LiveTicket {
-    const entry = this.live.get(ticket.id);
-    if (!entry || entry.teardown) throw new UserError(`ticket ${ticket.id} is not live in this process`);
-    return entry;
-  }
-
   private async record(ticketId: string): Promise<StateRecord> {
-    if (!TICKET_ID.test(ticketId)) throw new UserError(`${JSON.stringify(ticketId)} is not a ticket id (6 hex digits, see snowflock ps)`);
+    if (!TICKET_ID.test(ticketId)) throw new UsageError(`${JSON.stringify(ticketId)} is not a ticket id (6 hex digits, see snowflock ps)`);
     const record = await this.store.read(ticketId);
-    if (!record) throw new UserError(`no ticket ${ticketId} in ${this.config.stateDir}; see snowflock ps`);
+    if (!record) throw new UsageError(`no ticket ${ticketId} in ${this.config.stateDir}; see snowflock ps`);
     return record;
   }
 
-  /** Claims a fresh ticket id by creating its record exclusively. */
-  private async claimTicket(ticket: Ticket): Promise<Ledger> {
-    for (let attempt = 0; attempt < 64; attempt++) {
-      const id = randomBytes(3).toString('hex');
-      const record: StateRecord = {
-        version: 1,
-        ticket: { ...ticket, id },
-        owner: self(),
-        createdAt: new Date().toISOString(),
-        resources: [],
-        clones: [],
-      };
-      if (await this.store.createExclusive(record)) return new Ledger(this.store, record, join(this.store.ticketsDir, `${id}.d`));
-    }
-    throw new Error('could not find a free ticket id');
-  }
-
-  /** Teardown on a failure path: the failure is what the caller must see, a teardown problem is logged. */
-  private async teardownAfterFailure(id: string): Promise<void> {
-    await this.teardown(id).catch((e: Error) => log.error(e.message));
-  }
-
-  /** Runs a creation step that teardown must wait for (it cannot remove what is still being made). */
-  private async creation<T>(entry: LiveTicket, fn: () => Promise<T>): Promise<T> {
-    const work = fn();
-    entry.creating = work;
-    try {
-      return await work;
-    } finally {
-      if (entry.creating === work) entry.creating = undefined;
-    }
-  }
-
-  /** Wraps a clone so that join() knows which processes are still running in it. */
-  private tracked(clone: Clone, entry: LiveTicket): Clone {
-    const spawn = clone.spawn.bind(clone);
-    clone.spawn = (argv, opts): CloneProcess => {
-      const p = spawn(argv, opts);
-      const done = p.exited.then((s) => {
-        entry.running.delete(done);
-        return s;
-      });
-      entry.running.add(done);
-      return p;
-    };
-    return clone;
-  }
-
-  /** Removes the ticket's resources, then its record. Once per ticket, whoever asks. */
   private teardown(id: string, known?: StateRecord): Promise<TeardownReport> {
-    const entry = this.live.get(id);
-    if (entry?.teardown) return entry.teardown;
-    const ended = this.ended.get(id);
-    if (ended && !entry) return Promise.resolve(ended);
-    const work = (async () => {
-      if (entry) {
-        await entry.ledger.close();
-        await entry.creating?.catch(() => {});
-      }
-      const record = entry?.ledger.record ?? known ?? (await this.record(id));
-      const report = await timed(log, `ticket ${id}: teardown`, () =>
-        removeResources(record.resources, { ticketId: id, claimsDir: this.store.claimsDir }),
-      );
-      if (report.failed.length) {
-        // Keep the record: it is the only way `snowflock cleanup` can retry what is left.
-        throw new Error(`ticket ${id}: could not remove ${report.failed.join('; ')}; retry with snowflock cleanup ${id}`);
-      }
-      await this.store.remove(id);
-      this.ended.set(id, report);
-      return report;
-    })();
-    if (entry) entry.teardown = work;
-    return work.finally(() => {
-      if (this.live.get(id) === entry) this.live.delete(id);
-    });
-  }
-
-  /** Half-written record updates (<id>.json.<pid>.tmp) of writers that died mid-write. */
-  private async removeStaleWrites(): Promise<string[]> {
-    const names = await readdir(this.store.ticketsDir).catch(() => [] as string[]);
-    const removed: string[] = [];
-    for (const name of names) {
-      const m = /^[0-9a-f]{6}\.json\.(\d+)\.tmp$/.exec(name);
-      if (!m || startTime(Number(m[1])) !== null) continue;
-      await rm(join(this.store.ticketsDir, name), { force: true });
-      removed.push(join(this.store.ticketsDir, name));
-    }
-    return removed;
-  }
-
-  private async removeOrphanClaims(): Promise<string[]> {
-    let names: string[];
-    try {
-      names = await readdir(this.store.claimsDir);
-    } catch {
-      return [];
-    }
-    const live = new Set(await this.store.ids());
-    const removed: string[] = [];
-    for (const name of names) {
-      const path = join(this.store.claimsDir, name);
-      const owner = (await readFile(path, 'utf8').catch(() => '')).trim();
-      // The record is created before the claim and removed after it: a claim without one is an orphan.
-      if (TICKET_ID.test(owner) && !live.has(owner) && (await this.store.read(owner)) === null) {
-        await rm(path, { force: true });
-        removed.push(path);
-      }
-    }
-    return removed;
+    return this.tickets.teardown(id, async () => known ?? (await this.record(id)));
   }
 }
 
 function validateCount(n: number, max: number): void {
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) {
-    throw new UserError(`the number of clones must be a whole number of at least 1, not ${String(n)}`);
+    throw new UsageError(`the number of clones must be a whole number of at least 1, not ${String(n)}`);
   }
   if (n > max) {
-    throw new UserError(`cannot create ${n} clones: the limit is ${max} per ticket (SNOWFLOCK_MAX_CLONES; one /24 holds at most 244)`);
+    throw new UsageError(`cannot create ${n} clones: the limit is ${max} per ticket (SNOWFLOCK_MAX_CLONES; one /24 holds at most 244)`);
   }
 }
 
-async function grant(provider: Provider, n: number): Promise<{ granted: number; reason?: string }> {
-  const hint = provider as Partial<CapacityHint>;
-  if (typeof hint.capacity !== 'function') return { granted: n };
-  const g = await hint.capacity(n);
-  if (g.granted < 1) throw new UserError(`the ${provider.name} provider cannot create any clone now${g.reason ? `: ${g.reason}` : ''}`);
-  return g.granted < n ? g : { granted: n };
-}
-
-/**
- * On SIGINT, SIGTERM or SIGHUP: tear down every ticket of this engine, then die of the same signal
- * (exit status 128+n), as a process without handlers would. Kept tickets are left alone. Returns a
- * function that removes the handlers.
- */
-export function installTeardownOnSignals(engine: Engine, opts: { keepTickets?: () => string[] } = {}): () => void {
-  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
-  let busy = false;
-  const handler = (sig: NodeJS.Signals) => {
-    if (busy) return; // a second Ctrl-C must not cut teardown short: that is how leaks happen
-    busy = true;
-    log.warn(`${sig}: tearing down`);
-    void engine
-      .killAll(opts.keepTickets?.() ?? [])
-      .catch((e: Error) => log.error(e.message))
-      .finally(() => {
-        remove();
-        process.kill(process.pid, sig);
-      });
+/** Wraps a clone so that join() knows which processes are still running in it. */
+function tracked(clone: Clone, entry: LiveTicket): Clone {
+  const spawn = clone.spawn.bind(clone);
+  clone.spawn = (argv, opts): CloneProcess => {
+    const p = spawn(argv, opts);
+    const done = p.exited.then((s) => {
+      entry.running.delete(done);
+      return s;
+    });
+    entry.running.add(done);
+    return p;
   };
-  const remove = () => signals.forEach((s) => process.off(s, handler));
-  signals.forEach((s) => process.on(s, handler));
-  return remove;
+  return clone;
 }

@@ -1,26 +1,15 @@
 /**
- * Where snowflock keeps what it builds once and reuses: the unpacked guest kernel, guest images,
- * SSH keys, templates. `.cache/` under the project root, or $SNOWFLOCK_CACHE.
+ * Where snowflock keeps what it builds once and reuses: the unpacked guest kernel, guest images and
+ * SSH keys (SNOWFLOCK_CACHE: `.cache/` in a source checkout, /var/cache/snowflock for an installed
+ * package; see src/common/config.ts), and content keys for them.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-/** The project root: the nearest directory above this module with a package.json (works from src/ and dist/). */
-export function projectRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('snowflock: cannot find the project root (no package.json above the module)');
-    dir = up;
-  }
-  return dir;
-}
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { settings } from '../common/config.js';
 
 export function cacheDir(...sub: string[]): string {
-  const base = process.env.SNOWFLOCK_CACHE ? resolve(process.env.SNOWFLOCK_CACHE) : join(projectRoot(), '.cache');
-  const dir = join(base, ...sub);
+  const dir = join(settings().cacheDir, ...sub);
   mkdirSync(dir, { recursive: true });
   return dir;
 }

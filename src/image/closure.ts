@@ -1,15 +1,20 @@
 /**
  * What a guest needs to run a host program: the program and every shared library it loads, found
  * with ldd, plus the plugins MPI runtimes open at run time (UCX transports, Open MPI and PMIx
- * components) with their own libraries. Guest paths equal host paths, so the program, its
+ * components) with their own libraries. A #! script brings its interpreter (and that one's
+ * closure); a Python interpreter brings its standard library (python.ts); a directory among the
+ * programs (a Python package the launcher found a script to import) comes whole, with the
+ * libraries of the extension modules in it. Guest paths equal host paths, so the program, its
  * libraries and its working directory are where the job expects them.
  */
 import { closeSync, existsSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { UserError } from '../errors.js';
+import { UsageError } from '../common/errors.js';
+import type { MpiRuntime } from '../providers/checkpoint.js';
+import { isPython, pythonLayout, stdlibEntries } from './python.js';
+import { shebang } from './scripts.js';
 
-export type MpiRuntime = 'mpich' | 'openmpi' | 'none';
 
 const LIBDIR = '/usr/lib/x86_64-linux-gnu';
 
@@ -20,11 +25,17 @@ const PLUGIN_DIRS: Record<MpiRuntime, string[]> = {
   openmpi: [`${LIBDIR}/ucx`, `${LIBDIR}/openmpi/lib/openmpi3`, `${LIBDIR}/pmix2/lib/pmix`],
 };
 
-/** Programs and data the runtime itself needs in the guest (Open MPI's daemon, help texts, defaults). */
+/**
+ * Programs and data the runtime itself needs in the guest: Open MPI's daemon (--launch native),
+ * help texts and defaults (/etc/openmpi's openmpi-mca-params.conf), and libpmix's, which a
+ * direct-launched rank reads (pmix2/share: pmix-mca-params.conf names the plugin directory, and
+ * the help texts of its errors). What a direct-launched Open MPI rank opens, traced on the host:
+ * its libraries, the openmpi3 and pmix plugin directories, these two parameter files.
+ */
 const RUNTIME_FILES: Record<MpiRuntime, string[]> = {
   none: [],
   mpich: [],
-  openmpi: ['/usr/bin/orted', '/usr/share/openmpi', '/etc/openmpi', `${LIBDIR}/openmpi/lib/libmca_common_ucx.so`],
+  openmpi: ['/usr/bin/orted', '/usr/share/openmpi', '/etc/openmpi', `${LIBDIR}/openmpi/lib/libmca_common_ucx.so`, `${LIBDIR}/pmix2/share`],
 };
 
 export function pluginFiles(mpi: MpiRuntime): string[] {
@@ -82,19 +93,41 @@ export async function lddLibraries(file: string): Promise<{ libs: string[]; miss
  */
 export async function closure(programs: string[], mpi: MpiRuntime): Promise<string[]> {
   const files = new Set<string>();
-  for (const p of programs) {
-    if (!existsSync(p)) throw new UserError(`program ${p} does not exist; give the path of a built program`);
+  const extra: string[] = [];
+  const queue = [...programs];
+  const seen = new Set<string>();
+  while (queue.length) {
+    const p = queue.shift()!;
+    if (seen.has(p)) continue;
+    seen.add(p);
+    if (!existsSync(p)) throw new UsageError(`program ${p} does not exist; give the path of a built program`);
     files.add(p);
-    if (!isElf(p)) continue;
+    if (statSync(p).isDirectory()) {
+      extra.push(...elvesUnder(p));
+      continue;
+    }
+    if (!isElf(p)) {
+      const sb = shebang(p, process.env.PATH);
+      if (sb && existsSync(sb.interpreter)) queue.push(sb.interpreter);
+      continue;
+    }
     const { libs, missing } = await lddLibraries(p);
     if (missing.length) {
-      throw new UserError(
+      throw new UsageError(
         `program ${p} needs libraries that cannot be found: ${missing.join(', ')}; install them or set LD_LIBRARY_PATH`,
       );
     }
     libs.forEach((l) => files.add(l));
+    if (isPython(p)) {
+      // Its standard library: directories are walked like any directory, files go with the runtime's.
+      const layout = await pythonLayout(p, []);
+      for (const e of layout ? stdlibEntries(layout.stdlib) : []) {
+        if (statSync(e).isDirectory()) queue.push(e);
+        else extra.push(e);
+      }
+    }
   }
-  const extra = [...runtimeFiles(mpi), ...pluginFiles(mpi)];
+  extra.push(...runtimeFiles(mpi), ...pluginFiles(mpi));
   const elves = extra.filter((f) => statSync(f).isFile() && isElf(f));
   const results = await Promise.all(elves.map(async (f) => ({ f, ...(await lddLibraries(f)) })));
   for (const f of extra) if (!elves.includes(f)) files.add(f);
@@ -104,4 +137,21 @@ export async function closure(programs: string[], mpi: MpiRuntime): Promise<stri
     r.libs.forEach((l) => files.add(l));
   }
   return [...files];
+}
+
+/** The ELF files (extension modules, plugins) under a directory, for their libraries. */
+function elvesUnder(dir: string, depth = 0): string[] {
+  if (depth > 6) return [];
+  const out: string[] = [];
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    try {
+      const st = statSync(p);
+      if (st.isDirectory()) out.push(...elvesUnder(p, depth + 1));
+      else if (/\.so(\.\d+)*$/.test(name) && isElf(p)) out.push(p);
+    } catch {
+      /* a dangling link */
+    }
+  }
+  return out;
 }

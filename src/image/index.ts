@@ -4,29 +4,31 @@
  * time of every file it holds, so an unchanged job reuses the cached image and a changed file
  * (a rebuilt program, an upgraded library) makes a new one.
  *
- * Contents: the guest agent as /init, static busybox (the shell and tools), the virtio modules,
- * dropbear with the installation's host key and the client's public key, the MPI runtime the job
- * needs with its run-time plugins, the job's programs with their library closure, and the job's
- * working directory up to a size limit (SNOWFLOCK_VM_WORKDIR_MAX_MB, default 64): above it the
- * build stops with an error naming the directory, because the guest's root lives in its RAM.
+ * Contents: the guest agent as /init, static busybox (the shell and tools), the virtio modules and
+ * the NFS client's, dropbear with the installation's host key and the client's public key, the MPI
+ * runtime the job needs with its run-time plugins, and the job's programs with their library
+ * closure. Never the job's working directory: clones mount it from their host (src/workdir/), so
+ * an image, and the template booted from it, serve every directory a program is run from.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { execa } from 'execa';
-import { HostError, UserError } from '../errors.js';
-import type { Logger } from '../log.js';
-import { cacheDir, contentKey, projectRoot } from './cache.js';
-import { closure, lddLibraries, type MpiRuntime } from './closure.js';
+import { HostError } from '../common/errors.js';
+import { logger, timed, type Logger } from '../common/log.js';
+import { cacheDir, contentKey } from './cache.js';
+import type { MpiRuntime } from '../providers/checkpoint.js';
+import { closure, lddLibraries } from './closure.js';
 import { writeCpio } from './cpio.js';
 import { guestKernel, type GuestKernel } from './kernel.js';
 import { sshKeys } from './ssh-keys.js';
-import { GuestTree, treeSize } from './tree.js';
+import { GuestTree } from './tree.js';
 
 export interface ImageSource {
   programs?: string[];
-  workdir?: string;
   mpi?: MpiRuntime;
+  /** Where the guest agent (native/build/agent) is. */
+  nativeDir: string;
 }
 
 export interface GuestImage {
@@ -44,21 +46,13 @@ const DROPBEAR = '/usr/sbin/dropbear';
 /** dropbear's client, as the guests' `ssh`: cluster nodes have one, and Open MPI's daemons look for it. */
 const DBCLIENT = '/usr/bin/dbclient';
 
-export function agentPath(): string {
-  return join(projectRoot(), 'native', 'build', 'agent');
-}
-
-export function workdirLimit(): number {
-  const mb = Number(process.env.SNOWFLOCK_VM_WORKDIR_MAX_MB ?? 64);
-  return (Number.isFinite(mb) && mb >= 0 ? mb : 64) * 1024 * 1024;
-}
 
 function requireHostFile(path: string, pkg: string): void {
   if (!existsSync(path)) throw new HostError(`${path} is missing`, `install the Debian package ${pkg} (npm run setup does)`);
 }
 
 async function composeTree(src: ImageSource, kernel: GuestKernel): Promise<GuestTree> {
-  const agent = agentPath();
+  const agent = join(src.nativeDir, 'agent');
   if (!existsSync(agent)) throw new HostError(`the guest agent ${agent} is not built`, 'run `make -C native` (npm run build does)');
   requireHostFile(BUSYBOX, 'busybox-static');
   requireHostFile(DROPBEAR, 'dropbear-bin');
@@ -74,8 +68,6 @@ async function composeTree(src: ImageSource, kernel: GuestKernel): Promise<Guest
   const dbclient = existsSync(DBCLIENT) ? [DBCLIENT, ...(await lddLibraries(DBCLIENT)).libs] : [];
   for (const f of [...files, DROPBEAR, ...dropbear.libs, ...dbclient, BUSYBOX]) t.hostPath(f);
   if (dbclient.length && !t.has('/usr/bin/ssh')) t.symlink('/usr/bin/ssh', 'dbclient');
-
-  if (src.workdir) addWorkdir(t, resolve(src.workdir));
 
   // busybox applets as links next to busybox, where they do not shadow a real program.
   const bbDir = dirname(realpathSync(BUSYBOX));
@@ -97,18 +89,6 @@ async function composeTree(src: ImageSource, kernel: GuestKernel): Promise<Guest
   t.dir('/etc/dropbear', 0o700);
   t.data('/etc/dropbear/dropbear_ed25519_host_key', readFileSync(keys.hostKey), 0o600);
   return t;
-}
-
-function addWorkdir(t: GuestTree, dir: string): void {
-  const limit = workdirLimit();
-  const size = treeSize(dir, limit);
-  if (size > limit) {
-    throw new UserError(
-      `the working directory ${dir} holds more than ${limit >> 20} MiB, the limit for copying it into VM clones; ` +
-        'run from a smaller directory or raise SNOWFLOCK_VM_WORKDIR_MAX_MB',
-    );
-  }
-  t.hostPath(dir);
 }
 
 /** The cache key: everything that decides the image's bytes. */
@@ -140,7 +120,8 @@ export async function guestImage(src: ImageSource, log?: Logger): Promise<GuestI
   }
   const tmp = `${initramfs}.${process.pid}.tmp`;
   try {
-    await writeCpio(tmp, t.list());
+    // A step of its own: the first job of a program waits for it (progress shows it).
+    await timed(log ?? logger('image'), 'guest image build', () => writeCpio(tmp, t.list()));
     renameSync(tmp, initramfs);
   } finally {
     rmSync(tmp, { force: true });

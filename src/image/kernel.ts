@@ -6,8 +6,10 @@
 import { existsSync, readdirSync, rmSync, mkdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { HostError } from '../errors.js';
+import { settings } from '../common/config.js';
+import { HostError } from '../common/errors.js';
 import { cacheDir } from './cache.js';
+import { WORKDIR_GUEST_MODULES } from '../workdir/guest-modules.js';
 
 export interface GuestKernel {
   version: string;
@@ -29,6 +31,8 @@ const MODULES = [
   'drivers/net/net_failover',
   'drivers/net/virtio_net',
   'drivers/char/virtio_console',
+  // The NFS client that mounts the job's working directory from the host.
+  ...WORKDIR_GUEST_MODULES,
 ];
 
 const META_PACKAGE = 'linux-image-cloud-amd64';
@@ -53,18 +57,25 @@ function unpacked(dir: string, version: string): GuestKernel | null {
   return { version, vmlinuz, modules };
 }
 
+/** The newest kernel already unpacked in the cache, or null. Never fetches, never creates the cache. */
+export function cachedGuestKernel(): GuestKernel | null {
+  const root = join(settings().cacheDir, 'kernel');
+  if (!existsSync(root)) return null;
+  for (const v of readdirSync(root).sort().reverse()) {
+    const k = unpacked(join(root, v), v);
+    if (k) return k;
+  }
+  return null;
+}
+
 /**
  * Returns the cached kernel, fetching and unpacking it first when needed. With a cache already
  * filled, no apt call is made (offline runs work): the newest unpacked version is used.
  */
 export async function guestKernel(opts: { refresh?: boolean } = {}): Promise<GuestKernel> {
   const root = cacheDir('kernel');
-  if (!opts.refresh) {
-    for (const v of readdirSync(root).sort().reverse()) {
-      const k = unpacked(join(root, v), v);
-      if (k) return k;
-    }
-  }
+  const cached = opts.refresh ? null : cachedGuestKernel();
+  if (cached) return cached;
   const version = await currentVersion();
   const dir = join(root, version);
   const have = unpacked(dir, version);

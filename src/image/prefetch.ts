@@ -4,7 +4,7 @@
  */
 import { guestKernel } from './kernel.js';
 import { sshKeys } from './ssh-keys.js';
-import { isUserError } from '../errors.js';
+import { isUserError } from '../common/errors.js';
 
 try {
   const k = await guestKernel();

@@ -6,7 +6,7 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { HostError } from '../errors.js';
+import { HostError } from '../common/errors.js';
 import { cacheDir } from './cache.js';
 
 export interface SshKeys {

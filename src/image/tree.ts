@@ -88,19 +88,3 @@ export class GuestTree {
     for (const name of readdirSync(path).sort()) this.hostPath(join(path, name));
   }
 }
-
-/** Sums the sizes of regular files under `dir` (symlinks not followed), stopping once over `limit`. */
-export function treeSize(dir: string, limit: number): number {
-  let total = 0;
-  const walk = (d: string) => {
-    for (const name of readdirSync(d)) {
-      if (total > limit) return;
-      const p = join(d, name);
-      const st = lstatSync(p);
-      if (st.isDirectory()) walk(p);
-      else if (st.isFile()) total += st.size;
-    }
-  };
-  walk(dir);
-  return total;
-}

@@ -2,7 +2,8 @@
  * A minimal QMP client (QEMU's JSON control protocol over a unix socket): one command at a time,
  * events ignored. Enough to pause, save and load device state, and continue.
  */
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { connectWhenReady } from '../../common/streams.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export class Qmp {
@@ -24,21 +25,21 @@ export class Qmp {
 
   /** Connects once the socket exists, retrying until `deadline` (ms since epoch). */
   static async open(path: string, deadline: number): Promise<Qmp> {
-    for (;;) {
-      try {
-        const sock = await new Promise<Socket>((res, rej) => {
-          const s = connect(path, () => res(s));
-          s.once('error', rej);
-        });
-        const q = new Qmp(sock);
-        await q.next(); // greeting
-        await q.execute('qmp_capabilities');
-        return q;
-      } catch (e) {
-        if (Date.now() > deadline) throw new Error(`cannot reach QEMU's QMP socket ${path}: ${(e as Error).message}`);
-        await sleep(20);
-      }
+    let sock: Socket;
+    try {
+      sock = await connectWhenReady(path, deadline, 20);
+    } catch (e) {
+      throw new Error(`cannot reach QEMU's QMP socket ${path}: ${(e as Error).message}`);
     }
+    const q = new Qmp(sock);
+    try {
+      await q.next(); // greeting
+      await q.execute('qmp_capabilities');
+    } catch (e) {
+      q.close();
+      throw e;
+    }
+    return q;
   }
 
   private onData(d: string): void {

@@ -14,19 +14,16 @@ import { connect as tcpConnect } from 'node:net';
 import { Client, type ClientChannel } from 'ssh2';
 import { PassThrough } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { shellQuote } from '../../common/shell.js';
+import { endStreams } from '../../common/streams.js';
 import { sshKeys, type SshKeys } from '../../image/ssh-keys.js';
-import type { CloneProcess, ExitStatus, SpawnOptions } from '../../types.js';
+import type { CloneProcess, ExitStatus, SpawnOptions } from '../clone.js';
 
 const ALGORITHMS = {
   kex: ['curve25519-sha256', 'curve25519-sha256@libssh.org'],
   serverHostKey: ['ssh-ed25519'],
   cipher: ['chacha20-poly1305@openssh.com', 'aes128-ctr'],
 } as const;
-
-/** Quotes one word for a POSIX shell. */
-export function shellQuote(word: string): string {
-  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
-}
 
 export function remoteCommand(argv: string[], opts: SpawnOptions): string {
   const env = Object.entries(opts.env).map(([k, v]) => shellQuote(`${k}=${v}`));
@@ -103,13 +100,7 @@ export class SshLink {
       const finish = (s: ExitStatus) => {
         if (status) return;
         status = s;
-        let open = 2;
-        const one = () => --open === 0 && resolve(s);
-        for (const st of [stdout, stderr]) {
-          if (!st.writableEnded) st.end();
-          if (st.readableEnded || st.readableFlowing !== true) one();
-          else st.once('end', one);
-        }
+        endStreams([stdout, stderr], () => resolve(s));
       };
       this.client()
         .then((c) => {
