@@ -1,15 +1,20 @@
 /**
  * The snowflock subcommands. Each one is a small function from parsed arguments to an exit status;
- * launcher/snowflock.ts wires them to the command line.
+ * launcher/bin/snowflock.ts wires them to the command line.
  */
 import { accessSync, constants, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { Engine, installTeardownOnSignals } from '../../src/engine.js';
-import { UserError } from '../../src/errors.js';
-import { doctor, formatDoctor } from '../../src/host/doctor.js';
-import { parseProviderChoice } from '../../src/providers/index.js';
-import type { Clone, Ticket } from '../../src/types.js';
+import { Engine } from '../../src/engine.js';
+import { installTeardownOnSignals } from './signals.js';
+import { ProvisionError, UsageError } from '../../src/common/errors.js';
+import { doctor, formatDoctor } from '../../src/doctor/doctor.js';
+import { parseProviderChoice } from '../../src/providers/registry.js';
+import type { Clone } from '../../src/providers/clone.js';
+import type { Ticket } from '../../src/ticket/ticket.js';
+import { PhaseClock, writeReport } from '../job/report.js';
 import { table } from './output.js';
+import { showProgress } from './progress.js';
+import { runReport } from './run-report.js';
 import { spawnAll } from './spawn-all.js';
 import { worstStatus } from './status.js';
 
@@ -18,6 +23,13 @@ export interface EngineArgs {
 }
 
 export const engineFor = (args: EngineArgs): Engine => new Engine(args.stateDir ? { stateDir: args.stateDir } : {});
+
+/** The engine of a command that works with tickets: it first reclaims the tickets of dead owners. */
+async function reclaimingEngine(args: EngineArgs): Promise<Engine> {
+  const engine = engineFor(args);
+  await engine.reclaim();
+  return engine;
+}
 
 function clonesTable(ticket: Ticket, clones: Array<Pick<Clone, 'id' | 'hostname' | 'address'>>): string {
   const head =
@@ -28,7 +40,7 @@ function clonesTable(ticket: Ticket, clones: Array<Pick<Clone, 'id' | 'hostname'
 }
 
 function requireCommand(cmd: string[] | undefined): string[] {
-  if (!cmd || cmd.length === 0) throw new UserError('no command given; put it after --, e.g. snowflock run -n 2 -- hostname');
+  if (!cmd || cmd.length === 0) throw new UsageError('no command given; put it after --, e.g. snowflock run -n 2 -- hostname');
   return cmd;
 }
 
@@ -36,16 +48,33 @@ interface ProvisionArgs {
   n: number;
   provider?: string;
   coldBoot?: boolean;
+  /** No progress lines (also off with -v, whose log shows the steps). */
+  quiet?: boolean;
+  verbose?: number;
 }
 
-/** Provisions a ticket and its clones, tearing everything down if that fails or we are interrupted.
- * `programs` are host programs a VM image must carry (namespace clones see the host's files). */
-async function provision(engine: Engine, args: ProvisionArgs, keep: boolean, programs: string[] = []): Promise<{ ticket: Ticket; clones: Clone[] }> {
+/** Progress lines while provisioning (launcher/cli/progress.ts), unless -q or -v. */
+function progress(args: ProvisionArgs): () => void {
+  return args.quiet || (args.verbose ?? 0) > 0 ? () => {} : showProgress('snowflock');
+}
+
+/**
+ * Provisions a ticket and its clones, tearing everything down if that fails or we are interrupted.
+ * `programs` are host programs a VM image must carry (namespace clones see the host's files); the
+ * current directory is shared with the clones (VM clones mount it, and commands run in it).
+ */
+async function provision(engine: Engine, args: ProvisionArgs, keep: boolean, programs: string[] = []): Promise<{ ticket: Ticket; clones: Clone[]; checkpoint: string }> {
   const choice = parseProviderChoice(args.provider);
-  const ticket = await engine.requestTicket(args.n, { provider: choice, keep, coldBoot: args.coldBoot ?? false });
-  const checkpoint = await engine.checkpoint(ticket, { provider: ticket.provider, workdir: process.cwd(), mpi: 'none', programs });
-  const clones = await engine.createClones(checkpoint, ticket);
-  return { ticket, clones };
+  const source = { mpi: 'none' as const, programs, coldBoot: args.coldBoot ?? false };
+  const stopProgress = progress(args);
+  try {
+    const ticket = await engine.requestTicket(args.n, { provider: choice, keep, checkpoint: source, share: [process.cwd()] });
+    const checkpoint = await engine.checkpoint(ticket, source);
+    const clones = await engine.createClones(ticket, checkpoint);
+    return { ticket, clones, checkpoint: checkpoint.key };
+  } finally {
+    stopProgress();
+  }
 }
 
 /** The host file a command names, when it is one (a VM image then carries it and its libraries). */
@@ -64,7 +93,7 @@ function hostProgram(cmd: string): string[] {
 }
 
 export async function upCommand(args: EngineArgs & ProvisionArgs): Promise<number> {
-  const engine = engineFor(args);
+  const engine = await reclaimingEngine(args);
   const unhook = installTeardownOnSignals(engine);
   try {
     const { ticket, clones } = await provision(engine, args, true);
@@ -76,19 +105,35 @@ export async function upCommand(args: EngineArgs & ProvisionArgs): Promise<numbe
   }
 }
 
-export async function runCommand(args: EngineArgs & ProvisionArgs & { cmd?: string[] }): Promise<number> {
+export async function runCommand(args: EngineArgs & ProvisionArgs & { cmd?: string[]; report?: string }): Promise<number> {
   const argv = requireCommand(args.cmd);
-  const engine = engineFor(args);
+  const engine = await reclaimingEngine(args);
   const unhook = installTeardownOnSignals(engine);
+  const clock = new PhaseClock();
   try {
-    const { ticket, clones } = await provision(engine, args, false, hostProgram(argv[0]!));
-    let statuses;
+    clock.begin('provision');
+    const { ticket, clones, checkpoint } = await provision(engine, args, false, hostProgram(argv[0]!));
+    clock.begin('run');
+    const run = spawnAll(clones, argv, { prefix: true, stdin: false });
+    let lost: string | null = null;
     try {
-      statuses = await spawnAll(clones, argv, { prefix: true, stdin: false }).done;
+      lost = await Promise.race([run.done.then(() => null), engine.failure(ticket)]);
+      if (lost !== null) {
+        // Waiting on the lost server (a hard NFS mount), only SIGKILL ends them.
+        run.processes.forEach((p) => p.kill('SIGKILL'));
+        await Promise.race([run.done, new Promise((res) => setTimeout(res, 3000).unref())]);
+      }
     } finally {
-      await engine.join(ticket);
+      clock.begin('teardown');
+      // Clones that lost their file server: what waits on it in them only ends with the clones.
+      await (lost === null ? engine.join(ticket) : engine.kill(ticket));
+      clock.end();
     }
-    return worstStatus(statuses);
+    const statuses = lost === null ? await run.done : null;
+    const status = statuses ? worstStatus(statuses) : new ProvisionError(lost!).exitCode;
+    if (args.report) await writeReport(args.report, runReport(argv, ticket, checkpoint, clones, clock.phases, statuses, status, lost));
+    if (lost !== null) throw new ProvisionError(lost);
+    return status;
   } finally {
     unhook();
   }
@@ -96,7 +141,7 @@ export async function runCommand(args: EngineArgs & ProvisionArgs & { cmd?: stri
 
 export async function execCommand(args: EngineArgs & { ticket: string; clone?: string; cmd?: string[] }): Promise<number> {
   const argv = requireCommand(args.cmd);
-  const engine = engineFor(args);
+  const engine = await reclaimingEngine(args);
   const { ticket, clones } = await engine.attach(args.ticket);
   const which = args.clone ?? 'all';
   let chosen: Clone[];
@@ -104,7 +149,7 @@ export async function execCommand(args: EngineArgs & { ticket: string; clone?: s
   else {
     const id = Number(which);
     const clone = clones.find((c) => c.id === id || c.hostname === which);
-    if (!clone) throw new UserError(`ticket ${ticket.id} has no clone ${JSON.stringify(which)}; give 0..${clones.length - 1}, a hostname, or all`);
+    if (!clone) throw new UsageError(`ticket ${ticket.id} has no clone ${JSON.stringify(which)}; give 0..${clones.length - 1}, a hostname, or all`);
     chosen = [clone];
   }
   const single = chosen.length === 1;
@@ -121,7 +166,7 @@ export async function execCommand(args: EngineArgs & { ticket: string; clone?: s
 }
 
 export async function psCommand(args: EngineArgs): Promise<number> {
-  const tickets = await engineFor(args).list();
+  const tickets = await (await reclaimingEngine(args)).list();
   if (tickets.length === 0) {
     process.stdout.write('no live tickets\n');
     return 0;
@@ -144,8 +189,8 @@ export async function psCommand(args: EngineArgs): Promise<number> {
 }
 
 export async function downCommand(args: EngineArgs & { tickets: string[] }): Promise<number> {
-  if (args.tickets.length === 0) throw new UserError('name the ticket(s) to remove; see snowflock ps');
-  const engine = engineFor(args);
+  if (args.tickets.length === 0) throw new UsageError('name the ticket(s) to remove; see snowflock ps');
+  const engine = await reclaimingEngine(args);
   for (const id of args.tickets) {
     const report = await engine.kill(id);
     process.stdout.write(`ticket ${id} removed (${report.removed.length} resources)\n`);

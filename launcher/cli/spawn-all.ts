@@ -1,9 +1,9 @@
 /**
- * Runs one command in several clones at once, forwarding their output (prefixed with the clone id
- * when there are several) to ours, and collecting how each ended.
+ * Runs one command in several clones at once, forwarding their output whole lines at a time
+ * (prefixed with the clone id when there are several) to ours, and collecting how each ended.
  */
-import type { Clone, CloneProcess, ExitStatus } from '../../src/types.js';
-import { forwardLines } from './output.js';
+import { LineForwarder } from '../../src/common/lines.js';
+import type { Clone, CloneProcess, ExitStatus } from '../../src/providers/clone.js';
 
 export interface SpawnAllOptions {
   /** Prefix each line with `[id] `. */
@@ -28,12 +28,13 @@ export function spawnAll(clones: Clone[], argv: string[], opts: SpawnAllOptions)
   }
   const done = Promise.all(
     processes.map(async (p, i) => {
-      const tag = opts.prefix ? `[${clones[i]!.id}] ` : '';
-      const forwarded = tag
-        ? Promise.all([forwardLines(p.stdout, process.stdout, tag), forwardLines(p.stderr, process.stderr, tag)])
-        : Promise.all([pipeAll(p.stdout, process.stdout), pipeAll(p.stderr, process.stderr)]);
-      const [status] = await Promise.all([p.exited, forwarded]);
-      return status;
+      // One clone's output goes through as it comes (a prompt without a newline shows at once);
+      // several clones' output goes whole lines at a time, tagged, so that lines never mix.
+      const forwarded = opts.prefix
+        ? [p.stdout, p.stderr].map((from, k) => new LineForwarder(from, [k ? process.stderr : process.stdout], () => `[${clones[i]!.id}] `).done)
+        : [pipeAll(p.stdout, process.stdout), pipeAll(p.stderr, process.stderr)];
+      const [status] = await Promise.all([p.exited, ...forwarded]);
+      return status as ExitStatus;
     }),
   );
   void done.finally(() => {

@@ -1,6 +1,9 @@
 /**
- * The environment of a rank, built in four layers, each over the one before:
+ * The environment of a rank, built in five layers, each over the one before:
  *
+ *   0. The launcher's defaults, which any layer above may change: OMPI_MCA_mpi_yield_when_idle=1
+ *      when this host has fewer cores than the ranks placed on it (as mpirun does when it sees
+ *      oversubscription: a waiting Open MPI rank then gives its core away instead of spinning).
  *   1. The caller's environment, as mpiexec passes it: all of it by default (-genvall, Open MPI's
  *      behaviour for the local node), nothing with -genvnone, or only the names of -genvlist;
  *      an MPMD section's own -envall / -envnone / -envlist decides for that section's ranks. From "all", three kinds of variables never pass, because they are the
@@ -14,9 +17,21 @@
  *          SSH_CLIENT, SSH_TTY, XDG_RUNTIME_DIR (a clone has its own hostname and private /tmp).
  *   2. -genv K V and -x K[=V]: the same for every rank.
  *   3. -env K V of the rank's MPMD section (or -x in an --app file).
- *   4. What ranks need, which nothing above can override: the PMI wiring from the PMI server
- *      (PMI_PORT, PMI_ID, ...) and the MPICH conventions PMI_RANK, PMI_SIZE, MPI_LOCALRANKID,
- *      MPI_LOCALNRANKS, and PWD. Under Open MPI's own launcher, Open MPI sets OMPI_COMM_WORLD_*.
+ *   4. What ranks need, which nothing above can override. Every rank, of any program, gets both
+ *      process managers, each in its own variables, so that either MPI finds its own whatever
+ *      wraps it (a script, an interpreter, env, time, valgrind):
+ *        - PMI-1 (MPICH): PMI_PORT, PMI_ID from our PMI server, and the MPICH conventions PMI_RANK,
+ *          PMI_SIZE, MPI_LOCALRANKID, MPI_LOCALNRANKS;
+ *        - PMIx (Open MPI): the PMIX_* variables our sf-pmix hands out for the rank (its server's
+ *          URI, namespace and rank, PMIX_HOSTNAME of its clone), and OMPI_MCA_schizo, which tells
+ *          Open MPI 4.1 it was direct-launched (launcher/pmix/openmpi.ts says why);
+ *        - Open MPI's per-job directory inside the clone: OMPI_MCA_orte_tmpdir_base and
+ *          OMPI_MCA_btl_vader_backing_directory (session files and shared-memory segments, so that
+ *          a crashed rank leaves nothing once the job's directory is gone);
+ *        - PWD.
+ *      MPICH ignores the PMIx and OMPI_MCA_* variables, Open MPI 4.1 the PMI-1 ones. Under
+ *      --launch native, Open MPI's mpirun or Hydra sets its own wiring instead (and layer 0 is in
+ *      the native launcher's environment, which passes it on).
  */
 import type { AppSpec, JobSpec } from './spec.js';
 
@@ -69,11 +84,28 @@ export interface RankPlace {
   wdir: string;
 }
 
-/** Layer 4 over the rest: the complete environment of one rank started through our PMI server. */
-export function rankEnv(base: Record<string, string>, pmi: Record<string, string>, place: RankPlace): Record<string, string> {
+/** Layer 4's inputs: what the two process managers hand out for the rank, and its job directory. */
+export interface RankWiring {
+  /** From the PMI-1 server (PMI_PORT, PMI_ID, ...). */
+  pmi: Record<string, string>;
+  /** From sf-pmix (PMIX_*). */
+  pmix: Record<string, string>;
+  /** Open MPI's variables besides the PMIx wiring: the direct-launch switch and the per-job directory. */
+  openmpi: Record<string, string>;
+}
+
+/** Layer 0: what the launcher sets unless the user says otherwise. */
+export function defaultsLayer(place: { ranksOnHost: number; cores: number }): Record<string, string> {
+  return place.ranksOnHost > place.cores ? { OMPI_MCA_mpi_yield_when_idle: '1' } : {};
+}
+
+/** Layer 4 over the rest: the complete environment of one rank started by our process managers. */
+export function rankEnv(base: Record<string, string>, wiring: RankWiring, place: RankPlace): Record<string, string> {
   return {
     ...base,
-    ...pmi,
+    ...wiring.pmi,
+    ...wiring.pmix,
+    ...wiring.openmpi,
     PMI_RANK: String(place.rank),
     PMI_SIZE: String(place.size),
     MPI_LOCALRANKID: String(place.localRank),

@@ -1,43 +1,66 @@
 /**
  * One job from start to end, in four phases:
- *   provision  ticket → checkpoint → clones (the fresh private cluster)
- *   launch     PMI server on the ticket's gateway with its port opened, then every rank started in
- *              parallel inside its clone (or, for Open MPI, Open MPI's own mpirun; see native.ts)
- *   run        output and stdin forwarded until every rank has exited
- *   teardown   PMI server closed, ticket killed (clones, network, state) on every path out
- * and the exit policy of exit.ts decides the status. A program that is missing, or an MPI we cannot
- * drive, is refused before anything is provisioned.
+ *   provision  ticket → checkpoint → clones (the fresh private cluster, seeing the job's
+ *              working directories: the ticket shares them, src/workdir/ serves them to VM clones)
+ *   launch     our process managers (PMI-1 and PMIx) on the ticket's gateway and every rank
+ *              started in its clone (launch/direct.ts), or the MPI's own launcher on the host
+ *              (launch/native.ts)
+ *   run        output and stdin forwarded until every rank has exited, or the clones lost their
+ *              host's file server (Engine.failure): then the job fails at once, and teardown ends
+ *              whatever waits on it in the clones
+ *   teardown   process managers closed, ticket killed (clones, network, state) on every path out
+ * and the exit policy of exit.ts decides the status. The plan (plan.ts) is made before anything is
+ * provisioned, so bad input is refused with nothing to clean up.
  */
 import type { Readable, Writable } from 'node:stream';
-import type { Checkpoint, CheckpointSource, Clone, CloneProcess, ProviderChoice, Ticket } from '../../src/types.js';
-import { UserError } from '../../src/errors.js';
-import { logger } from '../../src/log.js';
-import { placeRanks, processMapping } from '../placement.js';
-import { PmiServer } from '../pmi/server.js';
-import type { JobSpec } from './spec.js';
-import { detectMpi, resolveProgram, type MpiKind } from './detect.js';
-import { rankEnv, userEnv } from './env.js';
+import { logger } from '../../src/common/log.js';
+import type { Checkpoint, CheckpointSource } from '../../src/providers/checkpoint.js';
+import type { Clone } from '../../src/providers/clone.js';
+import type { ProviderChoice } from '../../src/providers/provider.js';
+import type { TicketResources } from '../../src/engine.js';
+import type { Ticket } from '../../src/ticket/ticket.js';
 import { ExitPolicy, type RankOutcome } from './exit.js';
-import { FailureScanner, launchNative, nativeOutcome } from './native.js';
-import { JobOutput } from './output.js';
+import { JobOutput } from './io/output.js';
+import { StdinRouter } from './io/stdin.js';
+import { FailureScanner, launchNative, nativeOutcome } from './launch/native.js';
+import { ProcessManagers, startRanks, type RankContact, type StartedRank } from './launch/direct.js';
+import { planJob, type JobPlan } from './plan.js';
+import type { MemoryFigures } from '../../src/memory/report.js';
 import { PhaseClock, writeReport, type JobReport } from './report.js';
 import { JobStopper, stopGraceMs } from './signals.js';
-import { receives, StdinRouter } from './stdin.js';
+import { spanningEngine } from './span.js';
+import type { TicketHost } from '../../src/hosts/coordinator.js';
+import type { JobSpec } from './spec.js';
 
 const log = logger('job');
 
 /** How long the other ranks may go on after one rank failed, before they are stopped (as Hydra does). */
 export const failureGraceMs = 1000;
 
+/** A native launcher's daemon did not start: the cluster is not usable, as when provisioning fails. */
+const launchFailedStatus = 4;
+/** The clones lost their file server mid-job: the cluster broke, as when provisioning fails. */
+const clusterLostStatus = 4;
+
 /** The engine calls a job needs (src/engine.ts's Engine provides them). */
 export interface JobEngine {
-  requestTicket(n: number, opts: { provider?: ProviderChoice; keep?: boolean; coldBoot?: boolean }): Promise<Ticket>;
+  requestTicket(n: number, opts: { provider?: ProviderChoice; keep?: boolean; checkpoint?: CheckpointSource; share?: string[] }): Promise<Ticket>;
   checkpoint(ticket: Ticket, source: CheckpointSource): Promise<Checkpoint>;
-  createClones(checkpoint: Checkpoint, ticket: Ticket): Promise<Clone[]>;
+  createClones(ticket: Ticket, checkpoint: Checkpoint): Promise<Clone[]>;
+  /** One line, if the clones lose a host service they depend on (their file server). */
+  failure(ticket: Ticket): Promise<string>;
   openPort(ticket: Ticket, port: number): Promise<void>;
+  /** The ticket's directory and record, for what the job creates on the host itself. */
+  resources(ticket: Ticket): TicketResources;
+  /** Records a host process started for the ticket (a native launcher) in its state record. */
+  recordProcess(ticket: Ticket, pid: number, what: string): Promise<void>;
   kill(ticket: Ticket): Promise<unknown>;
+  /** Memory on demand: what each clone host fetched, while the clones run (for --report). */
+  memoryFigures?(ticket: Ticket): Promise<MemoryFigures | null>;
   /** The directory of state records; the remote-shell shim finds the ticket there. */
   readonly stateDir?: string;
+  /** A ticket over several hosts: each host with clones, for the per-host services (one sf-pmix per host). */
+  hosts?(ticket: Ticket): TicketHost[];
 }
 
 export interface JobIo {
@@ -48,214 +71,247 @@ export interface JobIo {
   env: NodeJS.ProcessEnv;
 }
 
-/** One started process of the job: a rank, or Open MPI's mpirun standing for all of them. */
-interface Started {
-  rank: number;
-  clone: Clone | null;
-  proc: CloneProcess;
-  done: boolean;
+/** What the phases share while the job runs. */
+interface Running {
+  job: JobSpec;
+  plan: JobPlan;
+  io: JobIo;
+  engine: JobEngine;
+  clock: PhaseClock;
+  policy: ExitPolicy;
+  stopper: JobStopper;
+  /** Ranks, or the one native launcher standing for all of them (rank -1). */
+  started: StartedRank[];
+  outcomes: RankOutcome[];
+  scanner: FailureScanner;
+  ticket: Ticket | null;
+  checkpoint: Checkpoint | null;
+  clones: Clone[];
+  pms: ProcessManagers | null;
+  /** Set once the launcher began stopping ranks itself (a failure, MPI_Abort, a signal, --timeout). */
+  stoppingRanks: boolean;
+  stdin: StdinRouter | null;
+  output: JobOutput | null;
+  disposeNative: (() => void) | null;
+  /** Set when the clones lost their file server: the job failed, and the ticket is not kept. */
+  lost: string | null;
+  /** Memory on demand: the figures read just before teardown (its helpers' counters go with them). */
+  memory: MemoryFigures | null;
 }
 
-/** What was decided about the job before provisioning. */
-interface Plan {
-  programs: string[];
-  mpi: MpiKind;
-  launch: 'pmi' | 'native';
-  clones: number;
-}
-
-/** Runs the job; resolves to the launcher's exit status. UserErrors before provisioning propagate. */
-export async function runJob(job: JobSpec, engine: JobEngine, io: JobIo): Promise<number> {
+/** Runs the job; resolves to the launcher's exit status. Usage errors before provisioning propagate. */
+export async function runJob(job: JobSpec, localEngine: JobEngine, io: JobIo): Promise<number> {
   const plan = await planJob(job, io.env);
+  // Clones on other hosts: the coordinator drives this host's engine and an agent per other host.
+  const engine = plan.hosts.source === 'here' ? localEngine : spanningEngine(localEngine, plan);
   for (const opt of job.ignored) log.info(`ignored on a clone cluster: ${opt}`);
-  log.info(`job: ${job.np} rank(s) of ${plan.mpi === 'none' ? 'a non-MPI program' : plan.mpi} on ${plan.clones} clone(s), launch ${plan.launch}`);
+  log.info(`job: ${job.np} rank(s) on ${plan.clones} clone(s)${describeHosts(plan)}, launch ${plan.launch}; ${describeApps(job, plan)}`);
 
-  const clock = new PhaseClock();
   const policy = new ExitPolicy();
-  const started: Started[] = [];
-  const outcomes: RankOutcome[] = [];
-  const signalRanks = (sig: NodeJS.Signals) => {
-    for (const s of started) if (!s.done) s.proc.kill(sig);
+  const r: Running = {
+    ...{ job, plan, io, engine, policy, clock: new PhaseClock(), started: [], outcomes: [], scanner: new FailureScanner() },
+    ...{ ticket: null, checkpoint: null, clones: [], pms: null, stoppingRanks: false, stdin: null, output: null, disposeNative: null, lost: null, memory: null },
+    stopper: new JobStopper({ signalRanks: (sig) => signalRanks(r, sig), stopped: (status, line) => policy.stop(status, line) }),
   };
-  const stopper = new JobStopper({ signalRanks, stopped: (status, line) => policy.stop(status, line) });
-  stopper.install();
-
-  let ticket: Ticket | null = null;
-  let clones: Clone[] = [];
-  let pmi: PmiServer | null = null;
-  let stdin: StdinRouter | null = null;
+  r.stopper.install();
   let failure: unknown = null;
-  let disposeNative: (() => void) | null = null;
-  const scanner = new FailureScanner();
   try {
-    clock.begin('provision');
-    ticket = await engine.requestTicket(plan.clones, { provider: job.provider, keep: job.keep, coldBoot: job.coldBoot });
-    log.info(`ticket ${ticket.id}: ${ticket.granted} of ${ticket.requested} clone(s) on ${ticket.provider}${ticket.reason ? ` (${ticket.reason})` : ''}`);
-    if (!stopper.stopping) {
-      const source: CheckpointSource = { provider: ticket.provider, programs: plan.programs, workdir: job.apps[0]!.wdir, mpi: plan.mpi };
-      const checkpoint = await engine.checkpoint(ticket, source);
-      if (!stopper.stopping) clones = await engine.createClones(checkpoint, ticket);
-    }
-    if (!stopper.stopping) {
-      clock.begin('launch');
-      const output = new JobOutput(
-        { dialect: job.dialect, tag: job.tagOutput, timestamp: job.timestampOutput, outfilePattern: job.outfilePattern, errfilePattern: job.errfilePattern, outputDirectory: job.outputDirectory },
-        io,
-        (stream) => stopper.outputClosed(stream),
-      );
-      stdin = new StdinRouter(io.stdin);
-      if (plan.launch === 'native') {
-        const native = await launchNative({ job, mpi: plan.mpi, programs: plan.programs, ticket, clones, engine, env: io.env });
-        disposeNative = native.dispose;
-        const proc = native.proc;
-        started.push({ rank: -1, clone: null, proc, done: false });
-        // Open MPI's mpirun prints its ranks' output itself, already tagged as asked.
-        output.attach(-1, 'host', proc.stdout, proc.stderr, { raw: true });
-        proc.stderr.on('data', (chunk: Buffer) => scanner.feed(chunk));
-        if (proc.stdin && job.stdin !== 'none') stdin.add(proc.stdin);
-      } else {
-        pmi = await startPmi(job, ticket, clones, engine, policy, signalRanks);
-        startRanks(job, plan, clones, pmi, io.env, started, output, stdin);
+    r.clock.begin('provision');
+    await provision(r);
+    if (!r.stopper.stopping) {
+      const lost = r.engine.failure(r.ticket!);
+      r.clock.begin('launch');
+      await launch(r);
+      r.stopper.startTimeout(job.timeoutSec);
+      r.clock.begin('run');
+      const ended = (async () => {
+        await Promise.all(r.started.map((s) => waitRank(r, s)));
+        // The job ends when every rank has exited and the last byte of their output is out.
+        await r.output?.finished();
+        return null;
+      })();
+      r.lost = await Promise.race([ended, lost]);
+      if (r.lost) {
+        r.policy.stop(clusterLostStatus, `sfmpirun: ${r.lost}`);
+        await killRanks(r);
       }
-      stdin.start();
-      stopper.startTimeout(job.timeoutSec);
-      clock.begin('run');
-      await Promise.all(started.map((s) => waitRank(s, policy, outcomes, signalRanks)));
-      await output.finished();
     }
   } catch (e) {
     failure = e;
   } finally {
-    stdin?.stop();
-    clock.begin('teardown');
-    disposeNative?.();
-    await teardown(job.keep && !failure, engine, ticket, clones, pmi, io.stderr);
-    clock.end();
-    stopper.release();
+    r.stdin?.stop();
+    r.clock.begin('teardown');
+    r.disposeNative?.();
+    await teardown(r, job.keep && !failure && !r.lost);
+    r.clock.end();
+    r.stopper.release();
   }
-
   if (failure) throw failure;
+  return finish(r);
+}
+
+async function provision(r: Running): Promise<void> {
+  const { job, plan } = r;
+  // Programs and the MPI make the checkpoint; the working directories are the ticket's to share.
+  const source: CheckpointSource = { programs: plan.imagePrograms, mpi: plan.mpi, coldBoot: job.coldBoot, memoryTransport: job.memoryTransport };
+  const share = job.apps.map((a) => a.wdir);
+  r.ticket = await r.engine.requestTicket(plan.clones, { provider: job.provider, keep: job.keep, checkpoint: source, share });
+  log.info(`ticket ${r.ticket.id}: ${r.ticket.granted} clone(s) on ${r.ticket.provider}`);
+  if (r.stopper.stopping) return;
+  r.checkpoint = await r.engine.checkpoint(r.ticket, source);
+  if (r.stopper.stopping) return;
+  r.clones = await r.engine.createClones(r.ticket, r.checkpoint);
+}
+
+async function launch(r: Running): Promise<void> {
+  const { job, plan, io } = r;
+  const ticket = r.ticket!;
+  const output = new JobOutput(
+    { dialect: job.dialect, tag: job.tagOutput, timestamp: job.timestampOutput, outfilePattern: job.outfilePattern, errfilePattern: job.errfilePattern, outputDirectory: job.outputDirectory },
+    io,
+    (stream) => r.stopper.outputClosed(stream),
+  );
+  r.stdin = new StdinRouter(io.stdin);
+  if (plan.launch === 'native') {
+    const onDaemonFailure = (line: string) => {
+      r.policy.stop(launchFailedStatus, `sfmpirun: ${line}`);
+      stopAll(r);
+    };
+    const native = await launchNative({ job, plan, ticket, clones: r.clones, engine: r.engine, env: io.env, onDaemonFailure });
+    r.disposeNative = native.dispose;
+    const proc = native.proc;
+    r.started.push({ rank: -1, clone: null, proc, done: false });
+    // The native launcher prints its ranks' output itself, already tagged as asked.
+    output.attach(-1, 'host', proc.stdout, proc.stderr, { raw: true });
+    proc.stderr.on('data', (chunk: Buffer) => r.scanner.feed(chunk));
+    if (proc.stdin && job.stdin !== 'none') r.stdin.add(proc.stdin);
+  } else {
+    const ctx = {
+      ...{ job, plan, ticket, clones: r.clones, engine: r.engine, policy: r.policy },
+      rankFailed: (o: RankOutcome) => {
+        if (r.policy.record(o)) setTimeout(() => stopAll(r), failureGraceMs).unref();
+      },
+      stopAll: () => stopAll(r),
+      stopping: () => r.stoppingRanks || r.stopper.stopping !== null,
+    };
+    r.pms = await ProcessManagers.start(ctx);
+    r.started.push(...startRanks(ctx, r.pms, io.env, output, r.stdin));
+  }
+  r.stdin.start();
+  r.output = output;
+}
+
+/** Waits for one started process; a failure stops the others after the grace period. */
+async function waitRank(r: Running, s: StartedRank): Promise<void> {
+  const status = await s.proc.exited;
+  s.done = true;
+  const ownExit = !r.stoppingRanks && r.stopper.stopping === null;
+  const outcome: RankOutcome = { rank: s.rank, hostname: s.clone?.hostname ?? 'host', code: status.code, signal: status.signal };
+  r.outcomes.push(outcome);
+  log.debug(`rank ${s.rank} ended: code ${status.code} signal ${status.signal}`);
+  if (r.policy.record(outcome)) setTimeout(() => stopAll(r), failureGraceMs).unref();
+  await r.pms?.rankExited(s.rank, status, ownExit);
+}
+
+function signalRanks(r: Running, sig: NodeJS.Signals): void {
+  for (const s of r.started) if (!s.done) s.proc.kill(sig);
+}
+
+/**
+ * Ranks waiting on a lost file server wait in calls only SIGKILL ends (a hard NFS mount): killed
+ * at once, and given the grace period to be gone. Teardown, which kills the clones, ends whatever
+ * is left; this only spares the output the clones' "stopped while the process ran".
+ */
+async function killRanks(r: Running): Promise<void> {
+  signalRanks(r, 'SIGKILL');
+  const gone = Promise.all(r.started.map((s) => s.proc.exited));
+  await Promise.race([gone, new Promise((res) => setTimeout(res, stopGraceMs).unref())]);
+}
+
+/** SIGTERM to every rank still running, SIGKILL to those left after the grace period. */
+function stopAll(r: Running): void {
+  r.stoppingRanks = true;
+  signalRanks(r, 'SIGTERM');
+  setTimeout(() => signalRanks(r, 'SIGKILL'), stopGraceMs).unref();
+}
+
+async function teardown(r: Running, keep: boolean): Promise<void> {
+  await r.pms?.close(keep);
+  const ticket = r.ticket;
+  if (!ticket) return;
+  if (r.job.reportFile && r.clones.length) r.memory = await r.engine.memoryFigures?.(ticket).catch(() => null) ?? null;
+  if (keep) {
+    r.io.stderr.write(
+      `sfmpirun: kept ticket ${ticket.id} (${ticket.provider}, subnet ${ticket.network.subnet}): ` +
+        r.clones.map((c) => `${c.hostname}=${c.address}`).join(' ') +
+        `; run commands with 'snowflock exec ${ticket.id} -- CMD', remove it with 'snowflock down ${ticket.id}'\n`,
+    );
+    return;
+  }
+  await r.engine.kill(ticket);
+  log.info(`ticket ${ticket.id} torn down`);
+}
+
+/** The verdict line, the report, and the status. */
+async function finish(r: Running): Promise<number> {
+  const { job, plan, clones, policy, outcomes } = r;
   const launcher = plan.mpi === 'openmpi' ? "Open MPI's mpirun" : "Hydra's mpiexec";
   const verdict =
     plan.launch === 'native' && outcomes[0] && !policy.wasStopped
-      ? nativeOutcome(outcomes[0], launcher, scanner.failure, (rank) => nativeClone(job, clones, rank))
+      ? nativeOutcome(outcomes[0], launcher, r.scanner.failure, (rank) => clones[plan.placement[rank] ?? 0]?.hostname ?? '?')
       : policy.verdict();
-  if (verdict.line && !io.stderr.destroyed) io.stderr.write(verdict.line + '\n');
-  log.info(`phases (ms): ${Object.entries(clock.phases).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  if (verdict.line && !r.io.stderr.destroyed) r.io.stderr.write(verdict.line + '\n');
+  const singletons = r.pms?.singletons() ?? [];
+  if (singletons.length && !r.io.stderr.destroyed) r.io.stderr.write(singletonWarning(singletons, (rank) => clones[plan.placement[rank]!]?.hostname ?? '?') + '\n');
+  log.info(`phases (ms): ${Object.entries(r.clock.phases).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   if (job.reportFile) {
+    const contact = (rank: number): RankContact | Record<string, never> => r.pms?.contactOf(rank, singletons) ?? {};
     const report: JobReport = {
-      version: 1,
-      provider: ticket?.provider ?? null,
+      version: 2,
+      provider: r.ticket?.provider ?? null,
       launch: plan.launch,
       mpi: plan.mpi,
-      ticket: ticket?.id ?? null,
+      ticket: r.ticket?.id ?? null,
+      checkpoint: r.checkpoint?.key ?? null,
       np: job.np,
-      clones: clones.map((c) => ({ id: c.id, hostname: c.hostname, address: c.address })),
-      phases: clock.phases,
-      ranks: outcomes.map((o) => ({ ...o, clone: clones.findIndex((c) => c.hostname === o.hostname) })).sort((a, b) => a.rank - b.rank),
+      clones: clones.map((c) => ({ id: c.id, hostname: c.hostname, address: c.address, host: plan.hosts.hosts[plan.hosts.cloneHosts[c.id]!]!.name })),
+      phases: r.clock.phases,
+      apps: plan.apps.map((a, i) => ({ program: plan.programs[i]!, mpi: a.mpi, via: a.via })),
+      ...(r.pms ? { processManagers: r.pms.describe() } : {}),
+      ranks: outcomes.map((o) => ({ ...o, clone: clones.findIndex((c) => c.hostname === o.hostname), ...contact(o.rank) })).sort((a, b) => a.rank - b.rank),
       exitCode: verdict.status,
       summary: verdict.line,
       kept: job.keep,
+      ...(r.memory ? { memory: r.memory } : {}),
     };
     await writeReport(job.reportFile, report);
   }
   return verdict.status;
 }
 
-/** The clone a rank runs on under the native launchers: they fill each host's slots in hostfile order. */
-function nativeClone(job: JobSpec, clones: Clone[], rank: number): string {
-  if (clones.length === 0) return '?';
-  const ppn = Math.max(1, Math.ceil(job.np / clones.length), job.ranksPerClone);
-  return clones[placeRanks(job.np, clones.length, ppn, job.placement)[rank] ?? 0]?.hostname ?? '?';
+/** Where the clones go, for the -v line, when not all on this host. */
+function describeHosts(plan: JobPlan): string {
+  const { hosts } = plan;
+  if (hosts.source === 'here') return '';
+  const counts = hosts.hosts.map((h, i) => `${h.name}${h.local ? ' (here)' : ''}: ${hosts.cloneHosts.filter((x) => x === i).length}`);
+  return ` over ${hosts.hosts.length} hosts (${hosts.source === 'slurm' ? `Slurm job ${hosts.allocation}` : '--real-hosts'}; ${counts.join(', ')})`;
 }
 
-/** Everything that can be refused before provisioning: programs, MPI kinds, np, launch mode. */
-async function planJob(job: JobSpec, env: NodeJS.ProcessEnv): Promise<Plan> {
-  if (job.np < 1 || job.apps.length === 0) throw new UserError('sfmpirun: nothing to run: the number of processes must be at least 1 (-n N)');
-  const programs = job.apps.map((app) => resolveProgram(app.argv[0]!, app.wdir, userEnv(job, app, env).PATH ?? env.PATH));
-  const kinds = await Promise.all(programs.map(detectMpi));
-  const mpis = new Set(kinds.filter((k) => k !== 'none'));
-  if (mpis.size > 1) throw new UserError('sfmpirun: the MPMD sections mix MPICH and Open MPI programs; build every program with the same MPI');
-  const mpi: MpiKind = mpis.has('openmpi') ? 'openmpi' : mpis.has('mpich') ? 'mpich' : 'none';
-  // Open MPI programs cannot use our PMI-1 server (they would each run as a singleton).
-  const launch = job.launch === 'native' || mpi === 'openmpi' ? 'native' : 'pmi';
-  if (launch === 'native' && mpi === 'none') throw new UserError('sfmpirun: --launch native needs an MPI program (MPICH or Open MPI); run it without --launch native');
-  const ppn = Math.max(1, job.ranksPerClone);
-  const clones = job.clones ?? Math.ceil(job.np / ppn);
-  if (clones < 1) throw new UserError(`sfmpirun: --clones must be at least 1, got ${clones}`);
-  return { programs, mpi, launch, clones };
+/** The -v line's account of what each app is, as detection saw it. */
+function describeApps(job: JobSpec, plan: JobPlan): string {
+  return plan.apps
+    .map((a, i) => `${job.apps[i]!.argv[0]}: ${a.mpi === 'none' ? 'no MPI found' : a.mpi} (${a.via})${a.note ? `; ${a.note}` : ''}`)
+    .join('; ');
 }
 
-async function startPmi(job: JobSpec, ticket: Ticket, clones: Clone[], engine: JobEngine, policy: ExitPolicy, signalRanks: (sig: NodeJS.Signals) => void): Promise<PmiServer> {
-  const placement = placeRanks(job.np, clones.length, Math.max(1, job.ranksPerClone), job.placement);
-  const appnums: number[] = [];
-  job.apps.forEach((app, i) => appnums.push(...new Array<number>(app.np).fill(i)));
-  const pmi = new PmiServer({ size: job.np, appnums, processMapping: processMapping(placement), log: logger('pmi') });
-  const port = await pmi.listen(ticket.network.gateway);
-  await engine.openPort(ticket, port);
-  pmi.on('abort', (rank, exitcode, message) => {
-    const clone = clones[placement[rank]!];
-    const first = policy.record({ rank, hostname: clone?.hostname ?? '?', code: exitcode, signal: null, abortCode: exitcode, abortMessage: message || undefined });
-    // MPI_Abort ends the whole job at once, as under mpiexec.
-    if (first) stopAll(signalRanks);
-  });
-  return pmi;
-}
-
-function startRanks(job: JobSpec, plan: Plan, clones: Clone[], pmi: PmiServer, callerEnv: NodeJS.ProcessEnv, started: Started[], output: JobOutput, stdin: StdinRouter): void {
-  const placement = placeRanks(job.np, clones.length, Math.max(1, job.ranksPerClone), job.placement);
-  const localSize = new Map<number, number>();
-  for (const c of placement) localSize.set(c, (localSize.get(c) ?? 0) + 1);
-  const localSeen = new Map<number, number>();
-  let rank = 0;
-  job.apps.forEach((app, appIndex) => {
-    const base = userEnv(job, app, callerEnv);
-    for (let i = 0; i < app.np; i++, rank++) {
-      const clone = clones[placement[rank]!]!;
-      const localRank = localSeen.get(clone.id) ?? 0;
-      localSeen.set(clone.id, localRank + 1);
-      const env = rankEnv(base, pmi.rankEnv(rank), { rank, size: job.np, localRank, localSize: localSize.get(placement[rank]!)!, wdir: app.wdir });
-      const wantsStdin = receives(job.stdin, rank);
-      const proc = clone.spawn([plan.programs[appIndex]!, ...app.argv.slice(1)], { env, cwd: app.wdir, stdin: wantsStdin ? 'pipe' : 'ignore', channel: job.launchChannel });
-      started.push({ rank, clone, proc, done: false });
-      output.attach(rank, clone.hostname, proc.stdout, proc.stderr);
-      if (wantsStdin && proc.stdin) stdin.add(proc.stdin);
-    }
-  });
-  log.info(`started ${job.np} rank(s)`);
-}
-
-/** Waits for one started process; a failure stops the others after the grace period. */
-async function waitRank(s: Started, policy: ExitPolicy, outcomes: RankOutcome[], signalRanks: (sig: NodeJS.Signals) => void): Promise<void> {
-  const status = await s.proc.exited;
-  s.done = true;
-  const outcome: RankOutcome = { rank: s.rank, hostname: s.clone?.hostname ?? 'host', code: status.code, signal: status.signal };
-  outcomes.push(outcome);
-  log.debug(`rank ${s.rank} ended: code ${status.code} signal ${status.signal}`);
-  if (policy.record(outcome)) {
-    const t = setTimeout(() => stopAll(signalRanks), failureGraceMs);
-    t.unref();
-  }
-}
-
-/** SIGTERM to every rank still running, SIGKILL to those left after the grace period. */
-function stopAll(signalRanks: (sig: NodeJS.Signals) => void): void {
-  signalRanks('SIGTERM');
-  const t = setTimeout(() => signalRanks('SIGKILL'), stopGraceMs);
-  t.unref();
-}
-
-async function teardown(keep: boolean, engine: JobEngine, ticket: Ticket | null, clones: Clone[], pmi: PmiServer | null, stderr: Writable): Promise<void> {
-  await pmi?.close().catch((e: Error) => log.warn(`closing the PMI server: ${e.message}`));
-  if (!ticket) return;
-  if (keep) {
-    stderr.write(
-      `sfmpirun: kept ticket ${ticket.id} (${ticket.provider}, subnet ${ticket.network.subnet}): ` +
-        clones.map((c) => `${c.hostname}=${c.address}`).join(' ') +
-        `; run commands with 'snowflock exec ${ticket.id} -- CMD', remove it with 'snowflock down ${ticket.id}'\n`,
-    );
-    return;
-  }
-  await engine.kill(ticket);
-  log.info(`ticket ${ticket.id} torn down`);
+/**
+ * One line for the ranks that ran as singletons (each rank 0 of a world of 1): neither Hydra nor
+ * Open MPI says so, and the job may even succeed.
+ */
+export function singletonWarning(ranks: number[], hostOf: (rank: number) => string): string {
+  const which = ranks.length === 1 ? `rank ${ranks[0]} (clone ${hostOf(ranks[0]!)}) ran as a singleton` : `ranks ${ranks.join(', ')} (clones ${[...new Set(ranks.map(hostOf))].join(', ')}) ran as singletons`;
+  return (
+    `sfmpirun: warning: ${which}: ${ranks.length === 1 ? 'it' : 'each'} exited without ever contacting sfmpirun's process managers (PMI-1 or PMIx), so its MPI saw a world of 1; ` +
+    'either its MPI is one sfmpirun cannot wire, or something between sfmpirun and MPI_Init (a wrapper, env -i) removed the PMI_*, PMIX_* and OMPI_MCA_schizo variables'
+  );
 }

@@ -7,7 +7,8 @@
  * --timeout / MPIEXEC_TIMEOUT sends SIGTERM to every rank when the time is up, with the same grace,
  * and the job's status is 124 (see exit.ts) with a line that says it timed out.
  */
-import { signalNumber, timeoutExitCode } from './exit.js';
+import { signalStatus } from '../../src/common/signals.js';
+import { timeoutExitCode } from './exit.js';
 
 export const forwardedSignals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
@@ -56,7 +57,7 @@ export class JobStopper {
   outputClosed(stream: string): void {
     if (this.stopping) return;
     this.stopping = 'SIGPIPE';
-    this.job.stopped(128 + signalNumber('SIGPIPE'), `sfmpirun: ${stream} was closed by its reader; stopped the job`);
+    this.job.stopped(signalStatus('SIGPIPE'), `sfmpirun: ${stream} was closed by its reader; stopped the job`);
     this.stopRanks('SIGTERM');
   }
 
@@ -68,7 +69,7 @@ export class JobStopper {
     }
     if (this.signalCount > 1) return;
     this.stopping = sig;
-    this.job.stopped(128 + signalNumber(sig), `sfmpirun: received ${sig}; forwarded it to every rank and stopped the job`);
+    this.job.stopped(signalStatus(sig), `sfmpirun: received ${sig}; forwarded it to every rank and stopped the job`);
     this.stopRanks(sig);
   }
 

@@ -3,6 +3,7 @@
  * what to run (one or more MPMD apps), how many ranks, how they are placed on clones,
  * their environment, and how their stdio and lifetime are handled.
  */
+import type { MemoryTransport } from '../../src/providers/checkpoint.js';
 
 export interface AppSpec {
   /** Ranks of this app (MPMD section); ranks are numbered across apps in order. */
@@ -20,17 +21,11 @@ export interface AppSpec {
 
 export type EnvMode = 'all' | 'none' | 'list';
 
-export interface JobSpec {
-  dialect: 'hydra' | 'openmpi';
-  apps: AppSpec[];
-  /** Sum of apps[].np. */
-  np: number;
-  /** Ranks per clone (-ppn / -N / slots of a hostfile); default 1. */
-  ranksPerClone: number;
-  /** Number of clones; default ceil(np / ranksPerClone). */
-  clones?: number;
-  /** Rank placement over clones: 'block' fills clone 0 first, 'cyclic' deals ranks round-robin. */
-  placement: 'block' | 'cyclic';
+/**
+ * What the command line says that passes to the job as it is (the parser checks it, nothing
+ * derives from it). JobDraft (launcher/mpirun/draft.ts) and JobSpec share it.
+ */
+export interface JobSettings {
   /** Which of the caller's variables pass: all (default), none, or only envList. */
   envMode: EnvMode;
   envList: string[];
@@ -43,19 +38,72 @@ export interface JobSpec {
   outfilePattern?: string;
   errfilePattern?: string;
   outputDirectory?: string;
+  provider: 'auto' | 'netns' | 'vm';
+  /**
+   * How ranks are started: by us with both our process managers ('direct', the default; 'auto'
+   * and the old name 'pmi' mean it too), or by the implementation's own launcher ('native').
+   */
+  launch: 'auto' | 'direct' | 'native';
+  launchChannel: 'agent' | 'ssh';
+  coldBoot: boolean;
+  /** VM clones on other hosts: their memory pushed to every host by multicast, or fetched by each. */
+  memoryTransport: MemoryTransport;
+  keep: boolean;
+  reportFile?: string;
+  verbosity: number;
+  /** -q: no progress lines (launcher/cli/progress.ts). */
+  quiet: boolean;
+  logFile?: string;
+  /** Options accepted but without effect on a clone cluster, for the -v notice. */
+  ignored: string[];
+}
+
+export function defaultJobSettings(): JobSettings {
+  return {
+    envMode: 'all',
+    envList: [],
+    env: {},
+    tagOutput: false,
+    timestampOutput: false,
+    provider: 'auto',
+    launch: 'auto',
+    launchChannel: 'agent',
+    coldBoot: false,
+    memoryTransport: 'multicast',
+    keep: false,
+    verbosity: 0,
+    quiet: false,
+    ignored: [],
+  };
+}
+
+/** The settings part of a draft or spec (a copy). */
+export function jobSettings(from: JobSettings): JobSettings {
+  const { envMode, envList, env, tagOutput, timestampOutput, outfilePattern, errfilePattern, outputDirectory } = from;
+  const { provider, launch, launchChannel, coldBoot, memoryTransport, keep, reportFile, verbosity, quiet, logFile, ignored } = from;
+  return {
+    ...{ envMode, envList: [...new Set(envList)], env, tagOutput, timestampOutput, outfilePattern, errfilePattern, outputDirectory },
+    ...{ provider, launch, launchChannel, coldBoot, memoryTransport, keep, reportFile, verbosity, quiet, logFile, ignored },
+  };
+}
+
+export interface JobSpec extends JobSettings {
+  dialect: 'hydra' | 'openmpi';
+  apps: AppSpec[];
+  /** Sum of apps[].np. */
+  np: number;
+  /** Ranks per clone (-ppn / -N / slots of a hostfile); default 1. */
+  ranksPerClone: number;
+  /** Number of clones; default ceil(np / ranksPerClone). */
+  clones?: number;
+  /** Rank placement over clones: 'block' fills clone 0 first, 'cyclic' deals ranks round-robin. */
+  placement: 'block' | 'cyclic';
   /** Who receives stdin: a rank number, 'all' or 'none'. */
   stdin: number | 'all' | 'none';
   /** Seconds; from --timeout, -t, or MPIEXEC_TIMEOUT. */
   timeoutSec?: number;
-  provider: 'auto' | 'netns' | 'vm';
-  /** How ranks are started: our PMI server ('pmi'), or the implementation's own launcher ('native'). */
-  launch: 'auto' | 'pmi' | 'native';
-  launchChannel: 'agent' | 'ssh';
-  coldBoot: boolean;
-  keep: boolean;
-  reportFile?: string;
-  verbosity: number;
-  logFile?: string;
-  /** Options accepted but without effect on a clone cluster, for the -v notice. */
-  ignored: string[];
+  /** The hosts of -hosts / -H / a hostfile, in order, with their slots (they shape the clones). */
+  hosts?: Array<{ name: string; slots: number }>;
+  /** --real-hosts: those hosts are machines; the clones are spread over them (agents over SSH). */
+  realHosts?: boolean;
 }

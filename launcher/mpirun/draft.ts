@@ -2,7 +2,7 @@
  * A job while its command line is being read: what the options have said so far, before the
  * defaults and cross-checks of options.ts turn it into a JobSpec.
  */
-import type { EnvMode, JobSpec } from '../job/spec.js';
+import { defaultJobSettings, type EnvMode, type JobSettings, type JobSpec } from '../job/spec.js';
 import type { Host } from './hosts.js';
 
 export type Dialect = JobSpec['dialect'];
@@ -19,7 +19,8 @@ export interface SectionDraft {
   where: string;
 }
 
-export interface JobDraft {
+/** The settings that pass to the JobSpec unchanged, and what is only known once all is read. */
+export interface JobDraft extends JobSettings {
   /** The first option that only one dialect has decides the dialect. */
   dialect?: Dialect;
   ranksPerClone?: number;
@@ -28,27 +29,12 @@ export interface JobDraft {
   clones?: number;
   hosts: Host[];
   placement?: 'block' | 'cyclic';
-  envMode: EnvMode;
-  envList: string[];
-  env: Record<string, string>;
-  tagOutput: boolean;
-  timestampOutput: boolean;
-  outfilePattern?: string;
-  errfilePattern?: string;
-  outputDirectory?: string;
   /** As given; checked against np once np is known. */
   stdin?: string;
   timeoutSec?: number;
   oversubscribe: boolean;
-  provider: JobSpec['provider'];
-  launch: JobSpec['launch'];
-  launchChannel: JobSpec['launchChannel'];
-  coldBoot: boolean;
-  keep: boolean;
-  reportFile?: string;
-  verbosity: number;
-  logFile?: string;
-  ignored: string[];
+  /** --real-hosts: the named hosts are machines to spread the clones over (src/hosts/). */
+  realHosts: boolean;
   /** -configfile (Hydra) and --app (Open MPI) files, read after the command line. */
   sectionFiles: Array<{ path: string; option: string }>;
   /** Set by --help / --version: parsing stops there. */
@@ -56,23 +42,7 @@ export interface JobDraft {
 }
 
 export function newJobDraft(): JobDraft {
-  return {
-    hosts: [],
-    envMode: 'all',
-    envList: [],
-    env: {},
-    tagOutput: false,
-    timestampOutput: false,
-    oversubscribe: false,
-    provider: 'auto',
-    launch: 'auto',
-    launchChannel: 'agent',
-    coldBoot: false,
-    keep: false,
-    verbosity: 0,
-    ignored: [],
-    sectionFiles: [],
-  };
+  return { ...defaultJobSettings(), hosts: [], oversubscribe: false, realHosts: false, sectionFiles: [] };
 }
 
 export function newSectionDraft(where: string): SectionDraft {

@@ -1,7 +1,7 @@
-/** sfmpirun --help, written from the option table so it cannot drift from what is accepted. */
+/** sfmpirun --help, written from the option table so it cannot drift from what is accepted (the man page, launcher/man/pages.ts, likewise). */
 import { OPTIONS, type OptionDef, type OptionDialect } from './table.js';
 
-const GROUPS: Array<[OptionDialect, string]> = [
+export const GROUPS: Array<[OptionDialect, string]> = [
   ['both', 'Options of both dialects'],
   ['hydra', 'MPICH Hydra options'],
   ['openmpi', 'Open MPI options'],
@@ -9,9 +9,13 @@ const GROUPS: Array<[OptionDialect, string]> = [
 ];
 
 /** Each dialect's own style: Hydra writes -name, Open MPI and we write --name; both are accepted. */
-function spell(def: OptionDef): string {
+export function spellings(def: OptionDef): string[] {
   const long = def.dialect === 'openmpi' || def.dialect === 'ours' ? '--' : '-';
-  const names = def.names.map((n) => (n.length === 1 ? `-${n}` : `${long}${n}`)).join(', ');
+  return def.names.map((n) => (n.length === 1 ? `-${n}` : `${long}${n}`));
+}
+
+function spell(def: OptionDef): string {
+  const names = spellings(def).join(', ');
   return def.args ? `${names} ${def.args}` : names;
 }
 
@@ -63,14 +67,17 @@ export function helpText(): string {
     '  MPIEXEC_*, OMPI_COMM_WORLD_*) and the host identity (HOSTNAME, SSH_*, XDG_RUNTIME_DIR).',
     '  -genvnone passes none, -genvlist A,B only those. Over that: -genv K V, -x K=V and -x K (the',
     "  caller's K) for every rank, then -env K V for the ranks of one section (-x inside an --app",
-    '  file line likewise). What ranks need (PMI_*, MPI_LOCALRANKID, PWD) is set last.',
+    '  file line likewise). What ranks need is set last: both process managers\' wiring, PMI-1',
+    '  (PMI_*, MPI_LOCALRANKID) for MPICH and PMIx (PMIX_*, OMPI_MCA_schizo) for Open MPI, Open',
+    "  MPI's job directory and PWD. Under all: OMPI_MCA_mpi_yield_when_idle=1 when ranks outnumber cores.",
     '',
     'Environment of sfmpirun:',
     '  MPIEXEC_TIMEOUT=SEC   like --timeout',
     '  SNOWFLOCK_STATE_DIR   where the records of live clusters are kept',
     '',
     'Exit status: 0 when every rank exits 0; else the first failing rank\'s status (128+N for signal N,',
-    "MPI_Abort's error code); 124 after --timeout; 2 for a usage error.",
+    "MPI_Abort's error code; 1 for a rank that left the job unfinished while others waited);",
+    '124 after --timeout; 2 for a usage error; 4 when the cluster or our PMIx server failed.',
   );
   return `${out.join('\n')}\n`;
 }

@@ -10,7 +10,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { UserError } from '../../src/errors.js';
+import { UsageError } from '../../src/common/errors.js';
 
 export interface Host {
   name: string;
@@ -26,7 +26,7 @@ export function readHostfile(path: string, cwd: string, option: string): Host[] 
   try {
     text = readFileSync(full, 'utf8');
   } catch (e) {
-    throw new UserError(`sfmpirun: cannot read the hostfile '${path}' of ${option} (${(e as NodeJS.ErrnoException).code ?? 'error'}); give an existing file`);
+    throw new UsageError(`cannot read the hostfile '${path}' of ${option} (${(e as NodeJS.ErrnoException).code ?? 'error'}); give an existing file`);
   }
   const hosts: Host[] = [];
   text.split('\n').forEach((raw, i) => {
@@ -34,13 +34,13 @@ export function readHostfile(path: string, cwd: string, option: string): Host[] 
     if (!line) return;
     const host = parseHostfileLine(line);
     if (!host) {
-      throw new UserError(
-        `sfmpirun: hostfile '${path}' line ${i + 1}: cannot read '${line}'; expected 'host', 'host:N' (Hydra) or 'host slots=N' (Open MPI)`,
+      throw new UsageError(
+        `hostfile '${path}' line ${i + 1}: cannot read '${line}'; expected 'host', 'host:N' (Hydra) or 'host slots=N' (Open MPI)`,
       );
     }
     addHost(hosts, host);
   });
-  if (hosts.length === 0) throw new UserError(`sfmpirun: the hostfile '${path}' of ${option} names no hosts; add one host per line`);
+  if (hosts.length === 0) throw new UsageError(`the hostfile '${path}' of ${option} names no hosts; add one host per line`);
   return hosts;
 }
 
@@ -78,7 +78,7 @@ export function parseHostList(list: string, option: string): Host[] {
   const hosts: Host[] = [];
   for (const word of list.split(',')) {
     const host = word.trim() ? parseHostWord(word.trim()) : null;
-    if (!host) throw new UserError(`sfmpirun: ${option} '${list}': cannot read host '${word}'; expected a comma-separated list of host or host:N`);
+    if (!host) throw new UsageError(`${option} '${list}': cannot read host '${word}'; expected a comma-separated list of host or host:N`);
     addHost(hosts, host);
   }
   return hosts;

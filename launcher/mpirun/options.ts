@@ -17,8 +17,8 @@
  */
 import { statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { UserError } from '../../src/errors.js';
-import type { AppSpec, JobSpec } from '../job/spec.js';
+import { UsageError } from '../../src/common/errors.js';
+import { jobSettings, type AppSpec, type JobSpec } from '../job/spec.js';
 import { newJobDraft, newSectionDraft, type JobDraft, type SectionDraft } from './draft.js';
 import { helpText } from './help.js';
 import { scanSections } from './scan.js';
@@ -45,7 +45,7 @@ function sectionsFromFiles(job: JobDraft, cmdline: SectionDraft[], cwd: string, 
   const [defaults] = cmdline;
   if (cmdline.length > 1 || defaults!.argv.length) {
     const option = job.sectionFiles[0]!.option;
-    throw new UserError(`sfmpirun: ${option} and a program on the command line: give the program in the file, or drop ${option}`);
+    throw new UsageError(`${option} and a program on the command line: give the program in the file, or drop ${option}`);
   }
   const sections: SectionDraft[] = [];
   for (const { path, option } of job.sectionFiles) {
@@ -53,9 +53,9 @@ function sectionsFromFiles(job: JobDraft, cmdline: SectionDraft[], cwd: string, 
       const where = `${describe(option, path)} line ${line.line}`;
       const first: SectionDraft = { ...defaults!, argv: [], env: { ...defaults!.env }, where };
       const found = scanSections(line.words, { job, cwd, env, file: where }, first);
-      if (job.stop) throw new UserError(`sfmpirun: ${where}: --help and --version belong on the command line`);
+      if (job.stop) throw new UsageError(`${where}: --help and --version belong on the command line`);
       for (const s of found) {
-        if (s.argv.length === 0) throw new UserError(`sfmpirun: ${where}: no program to run; write the line as '-n N program [args]'`);
+        if (s.argv.length === 0) throw new UsageError(`${where}: no program to run; write the line as '-n N program [args]'`);
         s.where = where;
       }
       sections.push(...found);
@@ -65,7 +65,7 @@ function sectionsFromFiles(job: JobDraft, cmdline: SectionDraft[], cwd: string, 
 }
 
 function finish(job: JobDraft, sections: SectionDraft[], env: NodeJS.ProcessEnv, cwd: string): JobSpec {
-  if (sections.length === 1 && sections[0]!.argv.length === 0) throw new UserError(`sfmpirun: no program to run; ${USAGE}`);
+  if (sections.length === 1 && sections[0]!.argv.length === 0) throw new UsageError(`no program to run; ${USAGE}`);
   const dialect = job.dialect ?? 'hydra';
   const hostSlots = job.hosts.map((h) => h.slots);
   const ranksPerClone = job.ranksPerClone ?? (hostSlots.length ? Math.max(...hostSlots) : 1);
@@ -75,44 +75,30 @@ function finish(job: JobDraft, sections: SectionDraft[], env: NodeJS.ProcessEnv,
 
   const apps = sections.map((s) => toApp(s, sections.length, defaultNp(job, dialect, ranksPerClone), cwd));
   const np = apps.reduce((sum, a) => sum + a.np, 0);
-  if (np > MAX_RANKS) throw new UserError(`sfmpirun: ${np} ranks requested; sfmpirun runs at most ${MAX_RANKS} ranks per job`);
+  if (np > MAX_RANKS) throw new UsageError(`${np} ranks requested; sfmpirun runs at most ${MAX_RANKS} ranks per job`);
 
-  if (job.clones !== undefined && job.clones > MAX_RANKS) throw new UserError(`sfmpirun: --clones ${job.clones}: sfmpirun makes at most ${MAX_RANKS} clones per job`);
+  if (job.clones !== undefined && job.clones > MAX_RANKS) throw new UsageError(`--clones ${job.clones}: sfmpirun makes at most ${MAX_RANKS} clones per job`);
   const needed = Math.ceil(np / ranksPerClone);
   const clones = job.clones ?? (job.hosts.length ? Math.min(job.hosts.length, needed) : needed);
   const slots = (job.clones ?? (job.hosts.length || needed)) * ranksPerClone;
   if (dialect === 'openmpi' && job.hosts.length && np > slots && !job.oversubscribe) {
-    throw new UserError(
-      `sfmpirun: ${np} ranks requested but the hosts give only ${slots} slots; add --oversubscribe, more hosts or slots, or lower -np`,
+    throw new UsageError(
+      `${np} ranks requested but the hosts give only ${slots} slots; add --oversubscribe, more hosts or slots, or lower -np`,
     );
   }
 
   return {
+    ...jobSettings(job),
     dialect,
     apps,
     np,
     ranksPerClone,
     clones,
     placement: job.placement ?? 'block',
-    envMode: job.envMode,
-    envList: [...new Set(job.envList)],
-    env: job.env,
-    tagOutput: job.tagOutput,
-    timestampOutput: job.timestampOutput,
-    outfilePattern: job.outfilePattern,
-    errfilePattern: job.errfilePattern,
-    outputDirectory: job.outputDirectory,
     stdin: stdinTarget(job.stdin, np),
     timeoutSec: job.timeoutSec ?? envTimeout(env),
-    provider: job.provider,
-    launch: job.launch,
-    launchChannel: job.launchChannel,
-    coldBoot: job.coldBoot,
-    keep: job.keep,
-    reportFile: job.reportFile,
-    verbosity: job.verbosity,
-    logFile: job.logFile,
-    ignored: job.ignored,
+    ...(job.hosts.length ? { hosts: job.hosts.map((h) => ({ ...h })) } : {}),
+    ...(job.realHosts ? { realHosts: true } : {}),
   };
 }
 
@@ -127,7 +113,7 @@ function defaultNp(job: JobDraft, dialect: JobSpec['dialect'], ranksPerClone: nu
 
 function toApp(s: SectionDraft, count: number, fallbackNp: number, cwd: string): AppSpec {
   if (s.np === undefined && count > 1) {
-    throw new UserError(`sfmpirun: ${s.where === 'the command line' ? 'MPMD section 1' : s.where} has no -n; give each MPMD section its own -n`);
+    throw new UsageError(`${s.where === 'the command line' ? 'MPMD section 1' : s.where} has no -n; give each MPMD section its own -n`);
   }
   const wdir = s.wdir ?? cwd;
   checkDirectory(wdir);
@@ -144,16 +130,16 @@ function checkDirectory(dir: string): void {
   try {
     isDir = statSync(dir).isDirectory();
   } catch {
-    throw new UserError(`sfmpirun: the working directory '${dir}' does not exist; create it or fix -wdir`);
+    throw new UsageError(`the working directory '${dir}' does not exist; create it or fix -wdir`);
   }
-  if (!isDir) throw new UserError(`sfmpirun: the working directory '${dir}' is not a directory; fix -wdir`);
+  if (!isDir) throw new UsageError(`the working directory '${dir}' is not a directory; fix -wdir`);
 }
 
 function stdinTarget(given: string | undefined, np: number): JobSpec['stdin'] {
   if (given === undefined) return 0;
   if (given === 'all' || given === 'none') return given;
   const rank = Number(given);
-  if (rank >= np) throw new UserError(`sfmpirun: --stdin ${given}: the job has ranks 0 to ${np - 1}; name one of them, all or none`);
+  if (rank >= np) throw new UsageError(`--stdin ${given}: the job has ranks 0 to ${np - 1}; name one of them, all or none`);
   return rank;
 }
 
@@ -161,7 +147,7 @@ function envTimeout(env: NodeJS.ProcessEnv): number | undefined {
   const raw = env.MPIEXEC_TIMEOUT;
   if (raw === undefined || raw.trim() === '') return undefined;
   if (!/^\s*\d+\s*$/.test(raw) || Number(raw) < 1) {
-    throw new UserError(`sfmpirun: MPIEXEC_TIMEOUT='${raw}' is not a number of seconds; set it to a whole number of at least 1, or unset it`);
+    throw new UsageError(`MPIEXEC_TIMEOUT='${raw}' is not a number of seconds; set it to a whole number of at least 1, or unset it`);
   }
   return Number(raw);
 }

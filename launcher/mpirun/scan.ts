@@ -4,7 +4,7 @@
  * is the program, after which every word up to the next ':' is the program's own. So a small
  * scanner driven by the option table reads it, section by section.
  */
-import { UserError } from '../../src/errors.js';
+import { UserError, UsageError } from '../../src/common/errors.js';
 import { newSectionDraft, type JobDraft, type SectionDraft } from './draft.js';
 import { closest } from './suggest.js';
 import { allSpellings, lookupOption, type OptionDef } from './table.js';
@@ -49,7 +49,7 @@ export function scanSections(words: string[], ctx: ScanContext, first: SectionDr
     const { def, values: inline } = resolveOption(word, ctx);
     const values = inline ?? words.slice(i + 1, i + 1 + def.arity);
     if (values.length < def.arity) {
-      throw new UserError(`${prefix(ctx)}option '${spelledName(word)}' needs ${def.arity === 1 ? 'a value' : `${def.arity} values`} (${def.args ?? 'VALUE'}); see 'sfmpirun --help'`);
+      throw new UsageError(`${prefix(ctx)}option '${spelledName(word)}' needs ${def.arity === 1 ? 'a value' : `${def.arity} values`} (${def.args ?? 'VALUE'}); see 'sfmpirun --help'`);
     }
     if (!inline) i += def.arity;
     voteDialect(def, ctx.job);
@@ -91,15 +91,15 @@ function unknownOption(word: string, ctx: ScanContext): UserError {
     bare.length === 1
       ? candidates.find((c) => c !== word && c.toLowerCase() === word.toLowerCase())
       : closest(dashes + bare, candidates);
-  return new UserError(`${prefix(ctx)}unrecognized option '${word}'${hint ? `; did you mean '${hint}'?` : '.'} See 'sfmpirun --help'.`);
+  return new UsageError(`${prefix(ctx)}unrecognized option '${word}'${hint ? `; did you mean '${hint}'?` : '.'} See 'sfmpirun --help'.`);
 }
 
 function emptySection(n: number, ctx: ScanContext): UserError {
-  return new UserError(`${prefix(ctx)}MPMD section ${n} has no program; write each ':'-separated section as '-n N program [args]'`);
+  return new UsageError(`${prefix(ctx)}MPMD section ${n} has no program; write each ':'-separated section as '-n N program [args]'`);
 }
 
 function prefix(ctx: ScanContext): string {
-  return ctx.file ? `sfmpirun: ${ctx.file}: ` : 'sfmpirun: ';
+  return ctx.file ? `${ctx.file}: ` : '';
 }
 
 function voteDialect(def: OptionDef, job: JobDraft): void {

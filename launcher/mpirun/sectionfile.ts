@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { UserError } from '../../src/errors.js';
+import { UsageError } from '../../src/common/errors.js';
 
 export interface SectionLine {
   /** 1-based line number where the section starts. */
@@ -19,7 +19,7 @@ export function readSectionFile(path: string, cwd: string, option: string): Sect
   try {
     text = readFileSync(resolve(cwd, path), 'utf8');
   } catch (e) {
-    throw new UserError(`sfmpirun: cannot read the file '${path}' of ${option} (${(e as NodeJS.ErrnoException).code ?? 'error'}); give an existing file`);
+    throw new UsageError(`cannot read the file '${path}' of ${option} (${(e as NodeJS.ErrnoException).code ?? 'error'}); give an existing file`);
   }
   const sections: SectionLine[] = [];
   const lines = text.split('\n');
@@ -27,10 +27,10 @@ export function readSectionFile(path: string, cwd: string, option: string): Sect
     const start = i;
     let logical = lines[i]!;
     while (/(^|[^\\])(\\\\)*\\$/.test(logical) && i + 1 < lines.length) logical = logical.slice(0, -1) + ' ' + lines[++i]!;
-    const words = splitWords(logical, () => `sfmpirun: ${describe(option, path)} line ${start + 1}`);
+    const words = splitWords(logical, () => `${describe(option, path)} line ${start + 1}`);
     if (words.length) sections.push({ line: start + 1, words });
   }
-  if (sections.length === 0) throw new UserError(`sfmpirun: ${describe(option, path)} has no sections; write one '-n N program [args]' per line`);
+  if (sections.length === 0) throw new UsageError(`${describe(option, path)} has no sections; write one '-n N program [args]' per line`);
   return sections;
 }
 
@@ -57,7 +57,7 @@ export function splitWords(line: string, where: () => string): string[] {
       word += line[++i];
     } else if (c === "'" || c === '"') {
       const close = line.indexOf(c, i + 1);
-      if (close < 0) throw new UserError(`${where()}: unterminated ${c === '"' ? 'double' : 'single'} quote`);
+      if (close < 0) throw new UsageError(`${where()}: unterminated ${c === '"' ? 'double' : 'single'} quote`);
       const quoted = line.slice(i + 1, close);
       word += c === '"' ? quoted.replace(/\\(["\\$`])/g, '$1') : quoted;
       i = close;

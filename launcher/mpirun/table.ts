@@ -7,7 +7,7 @@
  * (`-np`, `--np`), as both mpiruns do. One-letter names are case-sensitive (-n, -N, -h, -H).
  */
 import { resolve } from 'node:path';
-import { UserError } from '../../src/errors.js';
+import { UsageError } from '../../src/common/errors.js';
 import type { JobDraft, SectionDraft } from './draft.js';
 import { parseHostList, readHostfile } from './hosts.js';
 
@@ -38,14 +38,14 @@ export interface OptionDef {
 /** A rank count or similar: a whole number from 1 up. */
 export function positive(value: string, ctx: OptionContext, what: string): number {
   if (!/^[+]?\d+$/.test(value.trim()) || Number(value) < 1) {
-    throw new UserError(`sfmpirun: ${ctx.spelled} expects ${what} (a whole number of at least 1), got '${value}'`);
+    throw new UsageError(`${ctx.spelled} expects ${what} (a whole number of at least 1), got '${value}'`);
   }
   return Number(value);
 }
 
 function envName(name: string, ctx: OptionContext): string {
   if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
-    throw new UserError(`sfmpirun: ${ctx.spelled} '${name}': not a valid environment variable name`);
+    throw new UsageError(`${ctx.spelled} '${name}': not a valid environment variable name`);
   }
   return name;
 }
@@ -59,7 +59,7 @@ function envNames(list: string, ctx: OptionContext): string[] {
 
 function oneOf<T extends string>(value: string, choices: readonly T[], ctx: OptionContext): T {
   if (!(choices as readonly string[]).includes(value)) {
-    throw new UserError(`sfmpirun: ${ctx.spelled} expects one of ${choices.join(', ')}, got '${value}'`);
+    throw new UsageError(`${ctx.spelled} expects one of ${choices.join(', ')}, got '${value}'`);
   }
   return value as T;
 }
@@ -91,7 +91,7 @@ function mapBy(value: string, ctx: OptionContext): void {
     ctx.job.placement = 'block';
     ignore(ctx, value, 'placement inside a clone is left to its kernel; ranks fill clones in order');
   } else {
-    throw new UserError(`sfmpirun: ${ctx.spelled} '${value}': unknown mapping; use slot, node or ppr:N:node`);
+    throw new UsageError(`${ctx.spelled} '${value}': unknown mapping; use slot, node or ppr:N:node`);
   }
   if (modifiers.some((m) => /^oversubscribe$/i.test(m))) ctx.job.oversubscribe = true;
 }
@@ -370,7 +370,7 @@ export const OPTIONS: OptionDef[] = [
     args: 'R|all|none',
     help: 'Which rank reads stdin (default 0), all of them, or none.',
     apply: ([v], ctx) => {
-      if (!/^(\d+|all|none|rank)$/.test(v!)) throw new UserError(`sfmpirun: ${ctx.spelled} expects a rank number, all or none, got '${v}'`);
+      if (!/^(\d+|all|none|rank)$/.test(v!)) throw new UsageError(`${ctx.spelled} expects a rank number, all or none, got '${v}'`);
       ctx.job.stdin = v === 'rank' ? '0' : v;
     },
   },
@@ -403,7 +403,6 @@ export const OPTIONS: OptionDef[] = [
       [['display-map'], 0, 'openmpi', 'use -v to see the placement'],
       [['rank-by'], 1, 'openmpi', 'ranks are numbered in placement order'],
       [['use-hwthread-cpus'], 0, 'openmpi', 'binding is left to the clone kernel'],
-      [['q', 'quiet'], 0, 'openmpi', 'sfmpirun is quiet unless -v'],
       [['nameserver'], 1, 'hydra', 'the PMI server of each job is its name server'],
     ] as const
   ).map(
@@ -441,6 +440,15 @@ export const OPTIONS: OptionDef[] = [
 
   // ---- ours ----
   {
+    names: ['real-hosts'],
+    arity: 0,
+    dialect: 'ours',
+    help: 'The hosts of -hosts, -H or the hostfile are machines: one clone per host on it, agents started over SSH. Without it they only shape the clones (inside a Slurm allocation the clones go on its nodes anyway).',
+    apply: (_v, ctx) => {
+      ctx.job.realHosts = true;
+    },
+  },
+  {
     names: ['provider'],
     arity: 1,
     dialect: 'ours',
@@ -464,10 +472,12 @@ export const OPTIONS: OptionDef[] = [
     names: ['launch'],
     arity: 1,
     dialect: 'ours',
-    args: 'auto|pmi|native',
-    help: "Start ranks through our PMI server (pmi) or the MPI implementation's own launcher (native).",
+    args: 'direct|native',
+    help: "Start every rank ourselves with both our process managers, PMI-1 and PMIx (direct, the default), or through the MPI implementation's own launcher (native: Open MPI's mpirun, MPICH's Hydra).",
     apply: ([v], ctx) => {
-      ctx.job.launch = oneOf(v!, ['auto', 'pmi', 'native'] as const, ctx);
+      // 'auto' and 'pmi' (the name before PMIx) stay accepted: scripts may say them.
+      const how = oneOf(v!, ['auto', 'direct', 'native', 'pmi'] as const, ctx);
+      ctx.job.launch = how === 'native' ? 'native' : how === 'auto' ? 'auto' : 'direct';
     },
   },
   {
@@ -478,6 +488,16 @@ export const OPTIONS: OptionDef[] = [
     help: 'How ranks are started inside VM clones: the guest agent (default) or ssh.',
     apply: ([v], ctx) => {
       ctx.job.launchChannel = oneOf(v!, ['agent', 'ssh'] as const, ctx);
+    },
+  },
+  {
+    names: ['memory-transport'],
+    arity: 1,
+    dialect: 'ours',
+    args: 'multicast|unicast',
+    help: "VM clones on other hosts: how their memory comes from this host's template. multicast (the default): its working set pushed once to every clone host, and each page one host faults on beyond it sent to all; unicast: each host fetches its own.",
+    apply: ([v], ctx) => {
+      ctx.job.memoryTransport = oneOf(v!, ['multicast', 'unicast'] as const, ctx);
     },
   },
   {
@@ -525,6 +545,15 @@ export const OPTIONS: OptionDef[] = [
     help: 'Show the steps with timings (twice: details).',
     apply: (_v, ctx) => {
       ctx.job.verbosity++;
+    },
+  },
+  {
+    names: ['q', 'quiet'],
+    arity: 0,
+    dialect: 'both',
+    help: 'No progress lines (shown while a slow step runs, such as the first VM job of a program building its image and template).',
+    apply: (_v, ctx) => {
+      ctx.job.quiet = true;
     },
   },
   {

@@ -1,30 +1,9 @@
 /**
- * Rank placement: which clone each rank runs on, and how MPICH learns that layout.
- *
- * MPICH reads the layout from the PMI key PMI_process_mapping, a "vector" of blocks
- * `(start, count, size)`: `count` consecutive nodes starting at node `start`, each holding
- * `size` consecutive ranks. It uses the mapping to decide which ranks share a node (and so
- * shared memory), so it must describe the real placement exactly, uneven layouts included.
+ * How MPICH learns the job's layout: the PMI key PMI_process_mapping, a "vector" of blocks
+ * `(start, count, size)`: `count` consecutive nodes starting at node `start`, each holding `size`
+ * consecutive ranks. MPICH uses it to decide which ranks share a node (and so shared memory), so it
+ * must describe the real placement exactly, uneven layouts included.
  */
-import { UserError } from '../src/errors.js';
-
-export type PlacementMode = 'block' | 'cyclic';
-
-/**
- * Rank → clone index. 'block' fills clone 0 with `ranksPerClone` ranks, then clone 1, ...;
- * 'cyclic' deals ranks round-robin over the clones. More ranks than clones × ranksPerClone
- * wrap around (oversubscription), as Hydra does.
- */
-export function placeRanks(np: number, clones: number, ranksPerClone: number, mode: PlacementMode): number[] {
-  for (const [name, v] of [['np', np], ['clones', clones], ['ranks per clone', ranksPerClone]] as const) {
-    if (!Number.isInteger(v) || v < 1) throw new UserError(`${name} must be a positive integer, got ${v}`);
-  }
-  const placement: number[] = [];
-  for (let rank = 0; rank < np; rank++) {
-    placement.push(mode === 'block' ? Math.floor(rank / ranksPerClone) % clones : rank % clones);
-  }
-  return placement;
-}
 
 interface Block {
   start: number;

@@ -12,6 +12,7 @@
 import { createWriteStream, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import { LineForwarder } from '../../../src/common/lines.js';
 
 export type StreamName = 'stdout' | 'stderr';
 
@@ -20,9 +21,6 @@ export interface TagStyle {
   tag: boolean;
   timestamp: boolean;
 }
-
-/** A line without a newline that grows past this is written anyway (binary output with no newlines). */
-const maxPendingLine = 1 << 20;
 
 /** The prefix of one line of `rank`'s `stream`, or null when lines go out untagged. */
 export function linePrefix(style: TagStyle, rank: number, stream: StreamName, now: Date = new Date()): string | null {
@@ -40,107 +38,6 @@ function ctime(d: Date): string {
   const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
   const p = (n: number) => String(n).padStart(2, '0');
   return `${days[d.getDay()]} ${months[d.getMonth()]} ${String(d.getDate()).padStart(2, ' ')} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())} ${d.getFullYear()}`;
-}
-
-/** Where one rank stream's lines go: one or more sinks (the terminal, a per-rank file, or both). */
-export class LineForwarder {
-  private pending: Buffer[] = [];
-  private pendingBytes = 0;
-  readonly done: Promise<void>;
-
-  constructor(
-    private readonly source: Readable,
-    private readonly sinks: Writable[],
-    private readonly prefix: () => string | null,
-  ) {
-    this.done = new Promise((resolve) => {
-      source.on('data', (chunk: Buffer) => this.onData(chunk));
-      // 'close' as well as 'end': a stream destroyed with an error ends without 'end'.
-      let finished = false;
-      const finish = () => {
-        if (finished) return;
-        finished = true;
-        this.flushPartial();
-        resolve();
-      };
-      source.on('end', finish);
-      source.on('close', finish);
-      source.on('error', finish);
-    });
-  }
-
-  private onData(chunk: Buffer): void {
-    const lastNewline = chunk.lastIndexOf(0x0a);
-    if (lastNewline < 0) {
-      this.hold(chunk);
-      if (this.pendingBytes > maxPendingLine) this.flushPartial();
-      return;
-    }
-    const whole = this.takePending(chunk.subarray(0, lastNewline + 1));
-    this.hold(chunk.subarray(lastNewline + 1));
-    this.write(this.tagLines(whole));
-  }
-
-  private hold(part: Buffer): void {
-    if (part.length === 0) return;
-    this.pending.push(Buffer.from(part));
-    this.pendingBytes += part.length;
-  }
-
-  private takePending(rest: Buffer): Buffer {
-    if (this.pendingBytes === 0) return rest;
-    const all = Buffer.concat([...this.pending, rest]);
-    this.pending = [];
-    this.pendingBytes = 0;
-    return all;
-  }
-
-  private flushPartial(): void {
-    if (this.pendingBytes === 0) return;
-    this.write(this.tagLines(this.takePending(Buffer.alloc(0))));
-  }
-
-  /** Puts the prefix before every line of `lines` (complete lines, except possibly the last). */
-  private tagLines(lines: Buffer): Buffer {
-    const prefix = this.prefix();
-    if (prefix === null) return lines;
-    const p = Buffer.from(prefix);
-    const parts: Buffer[] = [];
-    let start = 0;
-    while (start < lines.length) {
-      const nl = lines.indexOf(0x0a, start);
-      const end = nl < 0 ? lines.length : nl + 1;
-      parts.push(p, lines.subarray(start, end));
-      start = end;
-    }
-    return Buffer.concat(parts);
-  }
-
-  private write(data: Buffer): void {
-    let full = false;
-    // A closed sink (the reader of a pipe went away) gets nothing more; JobOutput reports it once.
-    for (const sink of this.sinks) if (!sink.destroyed && !sink.write(data)) full = true;
-    if (!full) return;
-    this.source.pause();
-    const full_ = this.sinks.filter((s) => s.writableNeedDrain && !s.destroyed);
-    let waiting = full_.length;
-    if (waiting === 0) {
-      this.source.resume();
-      return;
-    }
-    for (const sink of full_) {
-      let settled = false;
-      const settle = () => {
-        if (settled) return;
-        settled = true;
-        sink.off('drain', settle);
-        sink.off('close', settle);
-        if (--waiting === 0) this.source.resume();
-      };
-      sink.on('drain', settle);
-      sink.on('close', settle);
-    }
-  }
 }
 
 /** Options that decide where ranks' output goes, from the JobSpec. */

@@ -1,67 +1,96 @@
 /**
  * Native launch: the MPI implementation's own launcher runs on the host and starts its daemons inside
- * the clones through our remote-shell shim (launcher/rsh-shim.ts), as if the clones were ssh hosts.
- * Open MPI programs always go this way (Open MPI speaks no PMI-1); MPICH programs with --launch native
- * go through Hydra's mpiexec. Both launchers are told to stay on the ticket's subnet, and their one
- * control port, fixed in advance, is opened in the ticket's firewall so the daemons can call back.
+ * the clones through our remote-shell shim (launcher/bin/rsh-shim.ts), as if the clones were ssh hosts.
+ * With --launch native: Open MPI programs go through Open MPI's mpirun, MPICH programs through
+ * Hydra's mpiexec (the default, direct.ts, starts ranks itself with our own process managers). Both
+ * launchers are told to stay on the ticket's subnet, and their one control port, fixed in advance,
+ * is opened in the ticket's firewall so the daemons can call back.
  */
 import { spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { constants, tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import type { Clone, CloneProcess, ExitStatus, Ticket } from '../../src/types.js';
-import { logger } from '../../src/log.js';
-import type { JobSpec } from './spec.js';
-import type { MpiKind } from './detect.js';
-import { userEnv } from './env.js';
-import { signalNumber, type RankOutcome } from './exit.js';
+import { join } from 'node:path';
+import { settings } from '../../../src/common/config.js';
+import { onLifeline } from '../../../src/common/lifeline.js';
+import { projectRoot } from '../../../src/common/paths.js';
+import { shellQuote } from '../../../src/common/shell.js';
+import { shellStatus, signalName, signalNumber } from '../../../src/common/signals.js';
+import { logger } from '../../../src/common/log.js';
+import type { Clone, CloneProcess, ExitStatus } from '../../../src/providers/clone.js';
+import type { Ticket } from '../../../src/ticket/ticket.js';
+import { availableParallelism } from 'node:os';
+import { defaultsLayer, userEnv } from '../env.js';
+import { DaemonWatch } from './daemons.js';
+import type { RankOutcome } from '../exit.js';
+import type { JobPlan } from '../plan.js';
+import type { JobEngine } from '../run.js';
+import type { JobSpec } from '../spec.js';
 
 const log = logger('native');
 
 export interface NativeContext {
   job: JobSpec;
-  mpi: MpiKind;
-  programs: string[];
+  plan: JobPlan;
   ticket: Ticket;
   clones: Clone[];
-  engine: { openPort(ticket: Ticket, port: number): Promise<void>; readonly stateDir?: string };
+  engine: Pick<JobEngine, 'openPort' | 'recordProcess' | 'resources' | 'stateDir'>;
   env: NodeJS.ProcessEnv;
+  /** A daemon did not start or report in time (see daemons.ts): the line that says which and why. */
+  onDaemonFailure(line: string): void;
 }
 
 export interface NativeLaunch {
   proc: CloneProcess;
-  /** Removes the hostfile and shim wrapper. */
+  /** Stops watching the daemons and removes the hostfile, shim wrapper and daemon logs. */
   dispose(): void;
 }
 
 /** Starts the implementation's launcher on the host; it stands for every rank of the job. */
 export async function launchNative(ctx: NativeContext): Promise<NativeLaunch> {
-  const dir = mkdtempSync(join(tmpdir(), `sfmpirun-${ctx.ticket.id}-`));
+  // In the ticket's own directory: it goes with the ticket even if this process is killed.
+  const dir = join(ctx.engine.resources(ctx.ticket).dir, 'native');
+  mkdirSync(dir, { recursive: true });
   try {
-    const shim = writeShimWrapper(dir);
+    const logDir = join(dir, 'daemons');
+    mkdirSync(logDir);
+    const shim = writeShimWrapper(dir, logDir);
     const port = await freePort(ctx.ticket.network.gateway);
     await ctx.engine.openPort(ctx.ticket, port);
-    const ppn = Math.max(1, Math.ceil(ctx.job.np / ctx.clones.length), ctx.job.ranksPerClone);
+    const ppn = ctx.plan.ranksPerClone;
     const { argv, env } =
-      ctx.mpi === 'openmpi' ? openMpiCommand(ctx, dir, shim, port, ppn) : hydraCommand(ctx, dir, shim, port, ppn);
+      ctx.plan.mpi === 'openmpi' ? openMpiCommand(ctx, dir, shim, port, ppn) : hydraCommand(ctx, dir, shim, port, ppn);
     log.info(`native launch: ${argv.join(' ')}`);
-    const proc = hostProcess(argv, env, ctx.job.stdin !== 'none');
-    return { proc, dispose: () => rmSync(dir, { recursive: true, force: true }) };
+    // On a lifeline: if sfmpirun is killed, the launcher and its remote shells go with it.
+    const proc = hostProcess(onLifeline(settings().nativeDir, argv), env, ctx.job.stdin !== 'none');
+    // In the ticket's record, so that teardown and `snowflock cleanup` end it whatever happens.
+    if (proc.pid !== undefined) await ctx.engine.recordProcess(ctx.ticket, proc.pid, argv[0]!);
+    const what = ctx.plan.mpi === 'openmpi' ? "Open MPI's daemon (orted)" : "Hydra's proxy";
+    const watch = new DaemonWatch({ port, clones: ctx.clones, logDir, timeoutMs: settings().daemonTimeoutMs, what, onFailure: ctx.onDaemonFailure });
+    void proc.exited.then(() => watch.stop());
+    return {
+      proc,
+      dispose: () => {
+        watch.stop();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
   } catch (e) {
     rmSync(dir, { recursive: true, force: true });
     throw e;
   }
 }
 
-/** The environment of the host launcher: the ranks' environment plus what the shim needs to find the ticket. */
+/**
+ * The environment of the host launcher: the ranks' environment (with env.ts's defaults under it:
+ * mpirun passes OMPI_MCA_* variables on to its ranks) plus what the shim needs to find the ticket.
+ * mpirun would set mpi_yield_when_idle itself only when the ranks outnumber the slots of its
+ * hostfile, which they never do here: the clones' slots are not the host's cores.
+ */
 function launcherEnv(ctx: NativeContext): Record<string, string> {
-  const env = userEnv(ctx.job, { env: {} }, ctx.env);
+  const env = { ...defaultsLayer({ ranksOnHost: ctx.job.np, cores: availableParallelism() }), ...userEnv(ctx.job, { env: {} }, ctx.env) };
   env.PATH ??= ctx.env.PATH ?? '/usr/local/bin:/usr/bin:/bin';
   env.SNOWFLOCK_TICKET = ctx.ticket.id;
-  if (ctx.engine.stateDir) env.SNOWFLOCK_STATE_DIR = ctx.engine.stateDir;
-  else if (ctx.env.SNOWFLOCK_STATE_DIR) env.SNOWFLOCK_STATE_DIR = ctx.env.SNOWFLOCK_STATE_DIR;
+  env.SNOWFLOCK_STATE_DIR = ctx.engine.stateDir ?? settings().stateDir;
   return env;
 }
 
@@ -86,9 +115,11 @@ function openMpiCommand(ctx: NativeContext, dir: string, shim: string, port: num
     if (i > 0) argv.push(':');
     argv.push('-np', String(app.np), '--wdir', app.wdir);
     for (const [k, v] of Object.entries(app.env)) argv.push('-x', `${k}=${v}`);
-    argv.push(ctx.programs[i]!, ...app.argv.slice(1));
+    argv.push(ctx.plan.programs[i]!, ...app.argv.slice(1));
   });
-  return { argv, env: launcherEnv(ctx) };
+  // Open MPI's session directories (mpirun's on the host, each orted's in its clone) in the
+  // ticket's directory: a killed mpirun leaves /tmp/ompi.* behind otherwise.
+  return { argv, env: { OMPI_MCA_orte_tmpdir_base: join(dir, 'ompi'), ...launcherEnv(ctx) } };
 }
 
 function hydraCommand(ctx: NativeContext, dir: string, shim: string, port: number, ppn: number): { argv: string[]; env: Record<string, string> } {
@@ -103,7 +134,7 @@ function hydraCommand(ctx: NativeContext, dir: string, shim: string, port: numbe
     if (i > 0) argv.push(':');
     argv.push('-n', String(app.np), '-wdir', app.wdir);
     for (const [k, v] of Object.entries(app.env)) argv.push('-env', k, v);
-    argv.push(ctx.programs[i]!, ...app.argv.slice(1));
+    argv.push(ctx.plan.programs[i]!, ...app.argv.slice(1));
   });
   // Hydra's proxies call back on this one port, which the ticket's firewall lets through.
   return { argv, env: { ...launcherEnv(ctx), MPIEXEC_PORT_RANGE: `${port}:${port}` } };
@@ -111,23 +142,19 @@ function hydraCommand(ctx: NativeContext, dir: string, shim: string, port: numbe
 
 /**
  * The shim as one executable file: Open MPI and Hydra both want a program path. It runs the compiled
- * shim next to this module, through tsx when the launcher itself runs from TypeScript sources.
+ * shim (launcher/bin/rsh-shim), through tsx when the launcher itself runs from TypeScript sources.
  */
-function writeShimWrapper(dir: string): string {
-  const here = dirname(fileURLToPath(import.meta.url));
+function writeShimWrapper(dir: string, logDir: string): string {
   const fromSources = import.meta.url.endsWith('.ts');
-  const script = resolve(here, '..', fromSources ? 'rsh-shim.ts' : 'rsh-shim.js');
+  const root = projectRoot();
+  const script = fromSources ? join(root, 'launcher/bin/rsh-shim.ts') : join(root, 'dist/launcher/bin/rsh-shim.js');
   const loader = fromSources ? ' --import tsx' : '';
   const path = join(dir, 'rsh');
   // cd first: tsx resolves from the working directory's node_modules.
-  const cd = fromSources ? `cd ${shellQuote(resolve(here, '..', '..'))} && ` : '';
-  writeFileSync(path, `#!/bin/sh\n${cd}exec ${shellQuote(process.execPath)}${loader} ${shellQuote(script)} "$@"\n`);
+  const cd = fromSources ? `cd ${shellQuote(root)} && ` : '';
+  writeFileSync(path, `#!/bin/sh\n${cd}exec ${shellQuote(process.execPath)}${loader} ${shellQuote(script)} --sf-log ${shellQuote(logDir)} "$@"\n`);
   chmodSync(path, 0o755);
   return path;
-}
-
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
 /** A port that is free on the gateway now (the launcher binds it a moment later). */
@@ -144,7 +171,7 @@ function freePort(host: string): Promise<number> {
 }
 
 /** A host process shaped like a clone process, so the job treats it like a rank. */
-function hostProcess(argv: string[], env: Record<string, string>, withStdin: boolean): CloneProcess {
+function hostProcess(argv: string[], env: Record<string, string>, withStdin: boolean): CloneProcess & { pid: number | undefined } {
   const child = spawn(argv[0]!, argv.slice(1), { env, stdio: [withStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
   const exited = new Promise<ExitStatus>((resolveExit) => {
     child.once('error', (e) => {
@@ -154,6 +181,7 @@ function hostProcess(argv: string[], env: Record<string, string>, withStdin: boo
     child.once('close', (code, signal) => resolveExit({ code, signal }));
   });
   return {
+    pid: child.pid,
     stdin: child.stdin,
     stdout: child.stdout!,
     stderr: child.stderr!,
@@ -199,18 +227,14 @@ export function nativeOutcome(
   failure: FailureScanner['failure'],
   cloneOfRank: (rank: number) => string,
 ): { status: number; line: string | null } {
-  const status = o.signal ? 128 + signalNumber(o.signal) : (o.code ?? 0);
+  const status = shellStatus(o, 0);
   if (status === 0) return { status: 0, line: null };
   if (failure) {
     const where = `sfmpirun: rank ${failure.rank} (clone ${cloneOfRank(failure.rank)})`;
     if (failure.abort !== undefined) return { status, line: `${where} called MPI_Abort with errorcode ${failure.abort}` };
-    if (failure.signal !== undefined) return { status, line: `${where} was killed by signal ${failure.signal} (${signalName(failure.signal)})` };
+    if (failure.signal !== undefined) return { status, line: `${where} was killed by signal ${failure.signal} (${signalName(failure.signal) ?? 'unknown'})` };
     return { status, line: `${where} exited with code ${failure.code}` };
   }
   if (o.signal) return { status, line: `sfmpirun: ${launcher} was killed by signal ${signalNumber(o.signal)} (${o.signal})` };
   return { status, line: `sfmpirun: ${launcher} exited with code ${status} (its messages are above)` };
-}
-
-function signalName(n: number): string {
-  return Object.entries(constants.signals).find(([, v]) => v === n)?.[0] ?? `signal ${n}`;
 }
