@@ -3,14 +3,13 @@
  * netns provider run from a fresh checkout.
  */
 import { execFileSync } from 'node:child_process';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { projectRoot } from '../../src/common/paths.js';
 
 let built = false;
 
 export function buildNative(): void {
   if (built) return;
-  const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-  execFileSync('make', ['-s', '-C', join(root, 'native')], { stdio: 'inherit' });
+  execFileSync('make', ['-s', '-C', join(projectRoot(), 'native')], { stdio: 'inherit' });
   built = true;
 }

@@ -7,21 +7,17 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import type { MpiRuntime } from '../../src/providers/checkpoint.js';
+import { projectRoot } from '../../src/common/paths.js';
 
-export type Mpi = 'mpich' | 'openmpi';
+/** 'none': a plain C program (gcc), which sfmpirun runs as a non-MPI program. */
+export type Mpi = MpiRuntime;
 
-/** The repository root, whether this runs from test/helpers or compiled under dist/ (benchmarks). */
-function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
-  return dir;
-}
-const root = repoRoot();
+const root = projectRoot();
 export const sourceDir = join(root, 'test/programs');
 export const buildDir = join(root, 'test/.build');
 
-const compilers: Record<Mpi, string> = { mpich: 'mpicc.mpich', openmpi: 'mpicc.openmpi' };
+const compilers: Record<Mpi, string> = { mpich: 'mpicc.mpich', openmpi: 'mpicc.openmpi', none: 'gcc' };
 const built = new Map<string, string>();
 
 /** Absolute path of test/programs/<name>.c compiled for `mpi`; compiles it when needed. */
@@ -38,7 +34,7 @@ export function program(name: string, mpi: Mpi = 'mpich'): string {
       execFileSync('mv', [`${out}.tmp`, out]);
     } catch (e) {
       const stderr = (e as { stderr?: Buffer }).stderr?.toString() ?? '';
-      throw new Error(`cannot compile ${src} with ${compilers[mpi]} (install ${mpi === 'mpich' ? 'libmpich-dev' : 'libopenmpi-dev'}): ${stderr || String(e)}`);
+      throw new Error(`cannot compile ${src} with ${compilers[mpi]} (install ${mpi === 'mpich' ? 'libmpich-dev' : mpi === 'openmpi' ? 'libopenmpi-dev' : 'gcc'}): ${stderr || String(e)}`);
     }
   }
   built.set(key, out);

@@ -2,16 +2,18 @@
  * Runs the real sfmpirun CLI (from the TypeScript sources, through tsx) as a child process, the way a
  * user's script would, with its own state directory, and checks that a ticket left nothing behind.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { projectRoot } from '../../src/common/paths.js';
+import { Engine } from '../../src/engine.js';
 import type { JobReport } from '../../launcher/job/report.js';
+import type { StateRecord } from '../../src/ticket/record.js';
 import { leftovers as engineLeftovers } from './leaks.js';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-export const cli = join(root, 'launcher/sfmpirun.ts');
+const root = projectRoot();
+export const cli = join(root, 'launcher/bin/sfmpirun.ts');
 
 export interface Run {
   code: number | null;
@@ -38,15 +40,31 @@ process.on('exit', () => {
   if (stateRecords().length === 0) rmSync(stateDir, { recursive: true, force: true });
 });
 let runs = 0;
+/** sfmpirun processes of this test process that have not exited yet. */
+const live = new Set<ChildProcess>();
+
+/**
+ * A test that failed (a mocha timeout among them) must not leave its job running: its sfmpirun
+ * is killed, and what its records name is removed (QEMUs, holders, native launchers, networks).
+ */
+afterEach(async function () {
+  if (this.currentTest?.state !== 'failed' || live.size === 0) return;
+  for (const child of live) child.kill('SIGKILL');
+  await Promise.all([...live].map((c) => new Promise((r) => (c.exitCode !== null || c.signalCode !== null ? r(null) : c.once('close', r)))));
+  await new Engine({ stateDir }).cleanup({ all: true });
+});
 
 export function sfmpirun(args: string[], opts: RunOptions = {}): Promise<Run> {
   const reportFile = join(stateDir, `report-${process.pid}-${runs++}.json`);
-  const argv = ['--import', 'tsx', cli, ...(opts.noReport ? [] : ['--report', reportFile]), ...args];
+  // tsx by its path: from a working directory outside the project, '--import tsx' would not resolve.
+  const argv = ['--import', join(root, 'node_modules/tsx/dist/esm/index.mjs'), cli, ...(opts.noReport ? [] : ['--report', reportFile]), ...args];
   const child = spawn(process.execPath, argv, {
     cwd: opts.cwd ?? root,
     env: { ...process.env, SNOWFLOCK_STATE_DIR: stateDir, ...opts.env },
     stdio: ['pipe', 'pipe', 'pipe'],
   });
+  live.add(child);
+  child.once('close', () => live.delete(child));
   const out: Buffer[] = [];
   let err = '';
   let seen = '';
@@ -90,6 +108,11 @@ export function leftovers(ticketId: string): string[] {
   }
   for (const f of readdirSync(tmpdir())) if (f.startsWith(`sfmpirun-${ticketId}-`)) found.push(`temporary ${join(tmpdir(), f)}`);
   return found;
+}
+
+/** A ticket's state record as it is now. */
+export function recordOf(ticketId: string): StateRecord {
+  return JSON.parse(readFileSync(join(stateDir, 'tickets', `${ticketId}.json`), 'utf8')) as StateRecord;
 }
 
 /** Records left in our state directory (tickets that were never torn down). */
