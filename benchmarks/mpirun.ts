@@ -7,17 +7,22 @@
  * all of them alike; the medians and the ratios sfmpirun / native go to benchmarks/out/mpirun.json and
  * to the mpirun section of benchmarks/RESULTS.md.
  *
- * Run: npx tsc -p . && node dist/benchmarks/mpirun.js [rounds]   (or: npx tsx benchmarks/mpirun.ts)
+ * Also the commands' own start: `sfmpirun --version` and `--help` against `node -e 0` (Node's own
+ * start, the floor under any command written for Node). With a baseline (another build's
+ * sfmpirun.js, e.g. of main), every sfmpirun figure is measured for it too, in the same rounds.
+ *
+ * Run: npm run build && npm run bench -- --only mpirun [--rounds R] [--baseline OTHER/dist/launcher/bin/sfmpirun.js]
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { program } from '../test/helpers/programs.js';
+import { benchProgram } from './lib/programs.js';
+import { projectRoot } from '../src/common/paths.js';
+import { median } from './lib/stats.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, import.meta.url.endsWith('.ts') ? '..' : '../..');
+const root = projectRoot();
 
 export interface MpirunBenchRow {
   np: number;
@@ -32,6 +37,16 @@ export interface MpirunBenchRow {
   vsOpenmpi: number;
   /** Runs that failed and were run again, per launcher. */
   failures: { sfmpirun: number; hydra: number; openmpi: number };
+  /** The baseline build's sfmpirun, N clones and one clone (when one was given). */
+  baseline?: { sfmpirun: number; sfmpirunOneClone: number };
+}
+
+/** A command's own start: median wall seconds of `sfmpirun --version`, `--help`, and `node -e 0`. */
+export interface StartRow {
+  what: '--version' | '--help';
+  sfmpirun: number;
+  baseline?: number;
+  node: number;
 }
 
 export interface MpirunBenchResult {
@@ -42,13 +57,11 @@ export interface MpirunBenchResult {
   /** How sfmpirun was started: the compiled bin, or the TypeScript sources through tsx. */
   sfmpirunFrom: 'dist' | 'tsx';
   rows: MpirunBenchRow[];
+  starts: StartRow[];
+  /** The baseline's sfmpirun.js, when one was measured. */
+  baselineFrom?: string;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 /**
  * Wall seconds of one successful run. A failed run is counted and run again (up to 3 tries): its
@@ -68,23 +81,44 @@ function timeRun(argv: string[], env: NodeJS.ProcessEnv, failures: { count: numb
   throw new Error(last);
 }
 
-export function benchMpirun(opts: { sizes?: number[]; rounds?: number } = {}): MpirunBenchResult {
+/** `sfmpirun --version` and `--help`, and `node -e 0`, in turn, `rounds` times. */
+function benchStarts(sf: string[], baseline: string[] | null, rounds: number): StartRow[] {
+  const rows: StartRow[] = [];
+  for (const what of ['--version', '--help'] as const) {
+    const t = { sf: [] as number[], base: [] as number[], node: [] as number[] };
+    const f = { count: 0 };
+    for (let i = 0; i < rounds * 3; i++) {
+      t.sf.push(timeRun([...sf, what], process.env, f));
+      if (baseline) t.base.push(timeRun([...baseline, what], process.env, f));
+      t.node.push(timeRun([process.execPath, '-e', '0'], process.env, f));
+    }
+    rows.push({ what, sfmpirun: median(t.sf), ...(baseline ? { baseline: median(t.base) } : {}), node: median(t.node) });
+    process.stderr.write(`${what}: sfmpirun ${median(t.sf).toFixed(3)} s${baseline ? `, baseline ${median(t.base).toFixed(3)} s` : ''}, node -e 0 ${median(t.node).toFixed(3)} s\n`);
+  }
+  return rows;
+}
+
+export function benchMpirun(opts: { sizes?: number[]; rounds?: number; baseline?: string } = {}): MpirunBenchResult {
   const sizes = opts.sizes ?? [1, 8, 32];
   const rounds = opts.rounds ?? 5;
-  const helloMpich = program('hello', 'mpich');
-  const helloOmpi = program('hello', 'openmpi');
-  const dist = join(root, 'dist/launcher/sfmpirun.js');
+  const helloMpich = benchProgram('hello', 'mpich');
+  const helloOmpi = benchProgram('hello', 'openmpi');
+  const dist = join(root, 'dist/launcher/bin/sfmpirun.js');
   const sfmpirunFrom = existsSync(dist) ? 'dist' : 'tsx';
-  const sf = sfmpirunFrom === 'dist' ? [process.execPath, dist] : [process.execPath, '--import', 'tsx', join(root, 'launcher/sfmpirun.ts')];
+  const sf = sfmpirunFrom === 'dist' ? [process.execPath, dist] : [process.execPath, '--import', 'tsx', join(root, 'launcher/bin/sfmpirun.ts')];
   const env = { ...process.env };
+  const base = opts.baseline ? [process.execPath, resolve(opts.baseline)] : null;
   const rows: MpirunBenchRow[] = [];
   const load0 = loadavg()[0]!;
+  const starts = benchStarts(sf, base, rounds);
   for (const np of sizes) {
-    const t = { sfmpirun: [] as number[], sfmpirunOneClone: [] as number[], hydra: [] as number[], openmpi: [] as number[] };
+    const t = { sfmpirun: [] as number[], sfmpirunOneClone: [] as number[], hydra: [] as number[], openmpi: [] as number[], base: [] as number[], baseOne: [] as number[] };
     const failures = { sfmpirun: { count: 0 }, hydra: { count: 0 }, openmpi: { count: 0 } };
     for (let i = 0; i < rounds; i++) {
       t.sfmpirun.push(timeRun([...sf, '--provider', 'netns', '-np', String(np), helloMpich], env, failures.sfmpirun));
+      if (base) t.base.push(timeRun([...base, '--provider', 'netns', '-np', String(np), helloMpich], env, failures.sfmpirun));
       t.sfmpirunOneClone.push(timeRun([...sf, '--provider', 'netns', '-ppn', String(np), '-np', String(np), helloMpich], env, failures.sfmpirun));
+      if (base) t.baseOne.push(timeRun([...base, '--provider', 'netns', '-ppn', String(np), '-np', String(np), helloMpich], env, failures.sfmpirun));
       t.hydra.push(timeRun(['mpiexec.hydra', '-n', String(np), helloMpich], env, failures.hydra));
       t.openmpi.push(timeRun(['mpirun.openmpi', '--allow-run-as-root', '--oversubscribe', '-np', String(np), helloOmpi], env, failures.openmpi));
     }
@@ -95,10 +129,15 @@ export function benchMpirun(opts: { sizes?: number[]; rounds?: number } = {}): M
       vsHydra: m.sfmpirun / m.hydra,
       vsOpenmpi: m.sfmpirun / m.openmpi,
       failures: { sfmpirun: failures.sfmpirun.count, hydra: failures.hydra.count, openmpi: failures.openmpi.count },
+      ...(base ? { baseline: { sfmpirun: median(t.base), sfmpirunOneClone: median(t.baseOne) } } : {}),
     });
-    process.stderr.write(`np ${np}: sfmpirun ${m.sfmpirun.toFixed(3)} s, one clone ${m.sfmpirunOneClone.toFixed(3)} s, hydra ${m.hydra.toFixed(3)} s, openmpi ${m.openmpi.toFixed(3)} s\n`);
+    process.stderr.write(
+      `np ${np}: sfmpirun ${m.sfmpirun.toFixed(3)} s, one clone ${m.sfmpirunOneClone.toFixed(3)} s, hydra ${m.hydra.toFixed(3)} s, openmpi ${m.openmpi.toFixed(3)} s` +
+        (base ? `, baseline ${median(t.base).toFixed(3)} s / one clone ${median(t.baseOne).toFixed(3)} s` : '') +
+        '\n',
+    );
   }
-  return { when: new Date().toISOString(), rounds, load: [load0, loadavg()[0]!], sfmpirunFrom, rows };
+  return { when: new Date().toISOString(), rounds, load: [load0, loadavg()[0]!], sfmpirunFrom, rows, starts, ...(opts.baseline ? { baselineFrom: opts.baseline } : {}) };
 }
 
 /** The mpirun section of RESULTS.md, between its markers. */
@@ -113,16 +152,26 @@ export function resultsSection(r: MpirunBenchResult): string {
       'sfmpirun provisions N fresh netns clones (one rank each), runs the MPICH hello through its PMI server, and tears the clones down. ' +
       'Hydra and Open MPI run the ranks directly on the host.',
     '',
-    'Command: `npx tsc -p . && node dist/benchmarks/mpirun.js`',
+    `Command: \`npm run build && npm run bench -- --only mpirun --rounds ${r.rounds}${r.baselineFrom ? ` --baseline ${r.baselineFrom}` : ''}\` (as root)` +
+      (r.baselineFrom ? `; baseline: ${r.baselineFrom}, measured in the same rounds` : ''),
     '',
-    '| N | sfmpirun --provider netns (s) | same, -ppn N: one clone (s) | mpiexec.hydra (s) | mpirun.openmpi (s) | sfmpirun / hydra | one clone / hydra | sfmpirun / openmpi | failed runs (sf/hydra/ompi) |',
-    '|---|---|---|---|---|---|---|---|---|',
+    '| N | sfmpirun --provider netns (s) | same, -ppn N: one clone (s) | mpiexec.hydra (s) | mpirun.openmpi (s) | sfmpirun / hydra | sfmpirun − hydra | one clone / hydra | sfmpirun / openmpi |' +
+      (r.baselineFrom ? ' baseline sfmpirun (s) | baseline one clone (s) | baseline / hydra |' : '') +
+      ' failed runs (sf/hydra/ompi) |',
+    '|---|---|---|---|---|---|---|---|---|' + (r.baselineFrom ? '---|---|---|' : '') + '---|',
     ...r.rows.map(
       (x) =>
-        `| ${x.np} | ${f(x.sfmpirun)} | ${f(x.sfmpirunOneClone)} | ${f(x.hydra)} | ${f(x.openmpi)} | ${x.vsHydra.toFixed(2)} | ` +
+        `| ${x.np} | ${f(x.sfmpirun)} | ${f(x.sfmpirunOneClone)} | ${f(x.hydra)} | ${f(x.openmpi)} | ${x.vsHydra.toFixed(2)} | ${f(x.sfmpirun - x.hydra)} | ` +
         `${(x.sfmpirunOneClone / x.hydra).toFixed(2)} | ${x.vsOpenmpi.toFixed(2)} | ` +
+        (x.baseline ? `${f(x.baseline.sfmpirun)} | ${f(x.baseline.sfmpirunOneClone)} | ${(x.baseline.sfmpirun / x.hydra).toFixed(2)} | ` : '') +
         `${x.failures.sfmpirun}/${x.failures.hydra}/${x.failures.openmpi} |`,
     ),
+    '',
+    `The commands' own start, median of ${r.rounds * 3} runs each, in turn with \`node -e 0\` (Node's start: the floor under any command in Node):`,
+    '',
+    '| command | sfmpirun (s) |' + (r.baselineFrom ? ' baseline (s) |' : '') + ' node -e 0 (s) | sfmpirun − node |',
+    '|---|---|' + (r.baselineFrom ? '---|' : '') + '---|---|',
+    ...(r.starts ?? []).map((x) => `| sfmpirun ${x.what} | ${f(x.sfmpirun)} |` + (r.baselineFrom ? ` ${x.baseline === undefined ? '–' : f(x.baseline)} |` : '') + ` ${f(x.node)} | ${f(x.sfmpirun - x.node)} |`),
     '<!-- mpirun:end -->',
   ].join('\n');
 }
@@ -142,7 +191,7 @@ export function writeResults(r: MpirunBenchResult): void {
 const invokedDirectly = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
 if (invokedDirectly) {
   const rounds = process.argv[2] ? Number(process.argv[2]) : undefined;
-  const result = benchMpirun({ rounds });
+  const result = benchMpirun({ rounds, baseline: process.argv[3] });
   writeResults(result);
   process.stdout.write(resultsSection(result) + '\n');
 }

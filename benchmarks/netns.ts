@@ -23,7 +23,7 @@ const SIZES = [1, 8, 32, 64];
 async function measure(engine: Engine, n: number): Promise<{ provision: number; teardown: number }> {
   const t0 = performance.now();
   const ticket = await engine.requestTicket(n, { provider: 'netns' });
-  await engine.createClones(await engine.checkpoint(ticket, { provider: 'netns' }), ticket);
+  await engine.createClones(ticket, await engine.checkpoint(ticket, {}));
   const t1 = performance.now();
   await engine.kill(ticket);
   const t2 = performance.now();

@@ -3,10 +3,12 @@
  * module that exports a Benchmark; adding one is one line in BENCHMARKS. Results go to
  * benchmarks/out/NAME.json, and to NAME's section of benchmarks/RESULTS.md (between
  * `<!-- NAME:begin -->` and `<!-- NAME:end -->`, so that sections of different runs coexist).
+ * Then the plots (benchmarks/plots.ts) are drawn from benchmarks/out/ into benchmarks/plots/.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { projectRoot } from '../src/common/paths.js';
 
 export interface BenchmarkResult {
   /** Everything measured, for benchmarks/out/NAME.json. */
@@ -17,32 +19,37 @@ export interface BenchmarkResult {
 
 export interface Benchmark {
   name: string;
-  run(opts: { rounds?: number }): Promise<BenchmarkResult>;
+  /** baseline: another build's sfmpirun.js to measure side by side (the benchmarks that run sfmpirun). */
+  run(opts: { rounds?: number; baseline?: string }): Promise<BenchmarkResult>;
 }
 
 const BENCHMARKS: Record<string, () => Promise<Benchmark>> = {
   netns: async () => (await import('./netns.js')).netnsBenchmark,
   // Loaded by a path only known at run time, so that the harness builds whether or not vm.ts is there yet.
   vm: async () => ((await import('./vm.js' as string)) as { vmBenchmark: Benchmark }).vmBenchmark,
+  workdir: async () => (await import('./workdir.js')).workdirBenchmark,
+  traffic: async () => (await import('./traffic.js')).trafficBenchmark,
+  'openmpi-launch': async () => (await import('./openmpi-launch.js')).openmpiLaunchBenchmark,
+  oversubscribed: async () => (await import('./oversubscribed.js')).oversubscribedBenchmark,
+  hosts: async () => (await import('./hosts.js')).hostsBenchmark,
+  memory: async () => (await import('./memory.js')).memoryBenchmark,
+  'memory-push': async () => (await import('./memory-push.js')).memoryPushBenchmark,
+  'finalize-stall': async () => (await import('./finalize-stall.js')).finalizeStallBenchmark,
   mpirun: async () => {
     const m = await import('./mpirun.js');
     return {
       name: 'mpirun',
-      run: async ({ rounds }) => {
-        const r = m.benchMpirun(rounds ? { rounds } : {});
+      run: async ({ rounds, baseline }) => {
+        const r = m.benchMpirun({ ...(rounds ? { rounds } : {}), baseline });
         return { data: r, markdown: m.resultsSection(r).replace(/<!-- mpirun:(begin|end) -->\n?/g, '') };
       },
     };
   },
 };
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), import.meta.url.endsWith('.ts') ? '..' : '../..');
+const root = projectRoot();
 
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
+export { median } from './lib/stats.js';
 
 /** Replaces (or appends) the section of one benchmark in RESULTS.md. */
 export function writeSection(name: string, markdown: string): void {
@@ -53,30 +60,35 @@ export function writeSection(name: string, markdown: string): void {
   writeFileSync(file, marker.test(old) ? old.replace(marker, () => section) : `${old.trimEnd()}\n\n${section}\n`);
 }
 
-function parseArgs(argv: string[]): { only: string[]; rounds?: number } {
+function parseArgs(argv: string[]): { only: string[]; rounds?: number; baseline?: string } {
   let only = Object.keys(BENCHMARKS);
   let rounds: number | undefined;
+  let baseline: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--only') only = (argv[++i] ?? '').split(',').filter(Boolean);
     else if (argv[i] === '--rounds') rounds = Number(argv[++i]);
-    else throw new Error(`unknown argument ${argv[i]}; use --only NAME[,NAME] and --rounds R`);
+    else if (argv[i] === '--baseline') baseline = argv[++i];
+    else throw new Error(`unknown argument ${argv[i]}; use --only NAME[,NAME], --rounds R and --baseline OTHER/dist/launcher/bin/sfmpirun.js`);
   }
   const unknown = only.filter((n) => !(n in BENCHMARKS));
   if (unknown.length) throw new Error(`unknown benchmark ${unknown.join(', ')}; known: ${Object.keys(BENCHMARKS).join(', ')}`);
-  return { only, rounds };
+  return { only, rounds, baseline };
 }
 
 async function main(): Promise<void> {
-  const { only, rounds } = parseArgs(process.argv.slice(2));
+  const { only, rounds, baseline } = parseArgs(process.argv.slice(2));
   mkdirSync(join(root, 'benchmarks', 'out'), { recursive: true });
   for (const name of only) {
     const bench = await BENCHMARKS[name]!();
     process.stderr.write(`bench: ${name}...\n`);
-    const result = await bench.run({ rounds });
+    const result = await bench.run({ rounds, baseline });
     writeFileSync(join(root, 'benchmarks', 'out', `${name}.json`), JSON.stringify(result.data, null, 2) + '\n');
     writeSection(name, result.markdown);
     process.stdout.write(result.markdown.trimEnd() + '\n\n');
   }
+  // Every plot there is data for, this run's and earlier ones' (benchmarks/plots.ts).
+  const { drawPlots, plotsMarkdown } = await import('./plots.js');
+  writeSection('plots', plotsMarkdown(drawPlots()));
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
