@@ -5,9 +5,13 @@
  * calls back: mpirun.openmpi then waits forever (orte_startup_timeout does not bound it in 4.1).
  *
  * So the job watches: every clone's daemon must have connected to the launcher's port within the
- * bound (SNOWFLOCK_DAEMON_TIMEOUT). A daemon that ends with a failure status before it connected
- * has failed at once; one that ends with 0 may simply have finished a short job between two looks,
- * so it counts against the bound only (the watch stops when the launcher exits). Connections are
+ * bound (SNOWFLOCK_DAEMON_TIMEOUT). A daemon that ends with a failure status before it was seen
+ * connected has failed, unless its launcher ends within DEATH_GRACE_MS: a daemon can connect and be
+ * cut off between two looks (an MPI_Abort at the job's start makes Hydra close its proxies' sockets
+ * at once, and they exit 7), and then the launcher ends by itself with the job's own verdict; a
+ * launcher that outlives its failed daemon by the grace is waiting for one that will never call
+ * back. One that ends with 0 may simply have finished a short job between two looks, so it counts
+ * against the bound only (the watch stops when the launcher exits). Connections are
  * read from the kernel's table of TCP sockets (/proc/net/tcp), not asked of the launcher; the
  * shim leaves each daemon's stderr and status in the log directory, so the failure line can name
  * the clone and say what its daemon said.
@@ -31,11 +35,14 @@ export interface DaemonWatchOptions {
 }
 
 const POLL_MS = 100;
+const DEATH_GRACE_MS = 2000;
 
 export class DaemonWatch {
   private readonly reported = new Set<string>();
   private readonly timer: NodeJS.Timeout;
   private readonly deadline: number;
+  /** When a daemon was first seen ended with a failure before it reported. */
+  private failedSince: number | undefined;
   private done = false;
 
   constructor(private readonly opts: DaemonWatchOptions) {
@@ -58,7 +65,8 @@ export class DaemonWatch {
     if (this.done) return;
     for (const peer of connectedPeers(this.opts.port)) this.reported.add(peer);
     const failed = this.opts.clones.find((c) => !this.reported.has(c.address) && (this.exitStatus(c) ?? 0) !== 0);
-    if (failed) return this.fail(`${this.opts.what} on clone ${failed.hostname} ended with status ${this.exitStatus(failed)} before it reported to its launcher${this.said(failed)}`);
+    if (failed) this.failedSince ??= Date.now();
+    if (failed && Date.now() - this.failedSince! >= DEATH_GRACE_MS) return this.fail(`${this.opts.what} on clone ${failed.hostname} ended with status ${this.exitStatus(failed)} before it reported to its launcher${this.said(failed)}`);
     if (this.allReported) return this.stop();
     if (Date.now() > this.deadline) {
       const late = this.opts.clones.find((c) => !this.reported.has(c.address))!;
