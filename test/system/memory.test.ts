@@ -29,11 +29,11 @@ const nativeDir = () => settings().nativeDir;
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-/** The memtap's own process (lifeline's child) and its process group: memtap and fusermount3. */
-function memtapGroup(lifelinePid: number): number {
-  const kids = readdirSync(`/proc/${lifelinePid}/task`).flatMap((t) => readFileSync(`/proc/${lifelinePid}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean));
-  return Number(kids[0]);
-}
+const childrenOf = (pid: number): number[] =>
+  readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+
+/** The memtap's own process (lifeline's child), the leader of its process group. */
+const memtapGroup = (lifelinePid: number): number => childrenOf(lifelinePid)[0]!;
 
 describe('memory on demand: memserver and memtap across simulated hosts', function () {
   this.timeout(180_000);
@@ -196,7 +196,7 @@ describe('memory on demand: memserver and memtap across simulated hosts', functi
       // Demand (pages scattered through the file, as faults come), then everything.
       for (const p of [0, 7 * 333, 16383, 7 * 1500 + 3]) {
         const r = await readPages(t, p, 1);
-        expect(r.data.equals(ramBytes.subarray(p * PAGE, (p + 1) * PAGE)), `granule ${g}, page ${p}`).to.equal(true);
+        expect(r.data.equals(ramBytes.subarray(p * PAGE, (p + 1) * PAGE)), `granule ${g}, page ${p}: dd status ${r.code}, ${r.data.length} bytes, ${r.err.trim() || 'no stderr'}`).to.equal(true);
       }
       const all = await readPages(t, 0, desc4k.pages);
       expect(sha(all.data), `granule ${g}`).to.equal(sha(ramBytes));
@@ -264,8 +264,10 @@ describe('memory on demand: memserver and memtap across simulated hosts', functi
   it('a RAM file that does not match its descriptor: the memserver will not serve it; unchecked, memtap fails the read with one line', async () => {
     const bad = join(tpl.dir, 'ram-damaged');
     copyFileSync(tpl.ram, bad);
+    // One byte of data page 3500 changed (flipped: the random page may hold any value there).
+    const at = 7 * 500 * PAGE + 9;
     const fd = openSync(bad, 'r+');
-    writeSync(fd, Buffer.from([0x5a]), 0, 1, 7 * 500 * PAGE + 9);
+    writeSync(fd, Buffer.from([ramBytes[at]! ^ 0xff]), 0, 1, at);
     closeSync(fd);
     let err = '';
     await server({ ram: bad }).catch((e: Error) => (err = e.message));
@@ -341,7 +343,14 @@ describe('memory on demand: memserver and memtap across simulated hosts', functi
     const u = await tap(s, token);
     await readPages(u, 0, 10);
     taps.splice(taps.indexOf(u), 1);
-    process.kill(-memtapGroup(u.pid), 'SIGKILL');
+    // As the lifeline does: memtap's group and its descendants. fusermount3 (a session of its own)
+    // goes first: were memtap first, it would see the closed fd and unmount before its own kill.
+    const memtap = memtapGroup(u.pid);
+    const fusermount = childrenOf(memtap);
+    expect(fusermount, "memtap's fusermount3").to.have.length(1);
+    process.kill(fusermount[0]!, 'SIGKILL');
+    for (let i = 0; i < 250 && existsSync(`/proc/${fusermount[0]}`); i++) await sleep(20);
+    process.kill(-memtap, 'SIGKILL');
     await u.exited;
     await sleep(200);
     expect(clone.mounts(), 'a dead mount, for teardown to remove').to.include(u.mountpoint);
