@@ -10,6 +10,7 @@
  * caller can record its pid and start time in the ticket's record before the helper does anything.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { HostError, ProvisionError } from '../common/errors.js';
@@ -57,6 +58,9 @@ export interface StartOptions {
   onEvent?: (line: string) => void;
 }
 
+/** How long an exited helper's stderr may take to drain (a grandchild may hold it open). */
+const STDERR_GRACE_MS = 500;
+
 /** The gate: sh reads one line, then becomes the helper (same pid); EOF instead starts nothing. */
 const GATE = ['/bin/sh', '-c', 'read -r _ && exec "$0" "$@"'];
 
@@ -86,8 +90,11 @@ export class Helper {
       this.stderr = (this.stderr + d).slice(-4096);
     });
     child.stdin!.on('error', () => undefined); // a helper that died: its exit says why
+    // 'exit' can come before the last of stderr has been read: the reason must not be lost.
+    const stderrDone = new Promise<void>((ok) => child.stderr!.once('close', ok));
     this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
+      child.once('exit', async (code, signal) => {
+        await Promise.race([stderrDone, sleep(STDERR_GRACE_MS, undefined, { ref: false })]);
         this.exit = { code, signal };
         const why = new ProvisionError(`${label} exited (${signal ?? `code ${code}`}): ${this.lastError() || 'no message'}`);
         for (const w of this.waiters) w.reject(why);
