@@ -142,7 +142,7 @@ export interface JobOutcome {
 
 export interface RunningJob {
   kill(rank: number, signal?: NodeJS.Signals): void;
-  /** Ends the job: kills every rank but `spare` (an aborting rank exits by itself, with its status). */
+  /** Ends the job: kills every rank but `spare` and earlier spares (an aborting rank exits by itself, with its status). */
   fail(why: string, spare?: number): void;
 }
 
@@ -191,6 +191,12 @@ export async function runJob(plan: JobPlan): Promise<JobOutcome> {
   let pmix: PmixJob | undefined;
   let timer: NodeJS.Timeout | undefined;
 
+  // Ranks that called MPI_Abort exit by themselves, with its status: a later failure (another
+  // rank's lost connection, as the kill of the others closes it) must not kill them first.
+  const aborting = new Set<number>();
+  const killAll = (except: Set<number>) => {
+    for (const [r, c] of children) if (!except.has(r) && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  };
   const running: RunningJob = {
     kill: (rank, signal = 'SIGKILL') => {
       children.get(rank)?.kill(signal);
@@ -198,7 +204,8 @@ export async function runJob(plan: JobPlan): Promise<JobOutcome> {
     fail: (why, spare) => {
       failure ??= why;
       relay?.fail(why);
-      for (const [r, c] of children) if (r !== spare && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+      if (spare !== undefined) aborting.add(spare);
+      killAll(aborting);
     },
   };
   const record = (e: JobEvent) => {
@@ -241,7 +248,10 @@ export async function runJob(plan: JobPlan): Promise<JobOutcome> {
     const envs = await Promise.all(nodeOf.map((_, r) => pmix!.env(r)));
     await plan.beforeRanks?.(servers, running);
 
-    timer = setTimeout(() => running.fail(`timeout: the job ran longer than ${plan.timeoutMs ?? 60_000} ms`), plan.timeoutMs ?? 60_000);
+    timer = setTimeout(() => {
+      running.fail(`timeout: the job ran longer than ${plan.timeoutMs ?? 60_000} ms`);
+      killAll(new Set()); // an aborting rank that hangs, too
+    }, plan.timeoutMs ?? 60_000);
     const outcomes = await Promise.all(
       nodeOf.map((node, r) => {
         let env: NodeJS.ProcessEnv = { ...baseEnv(), ...openMpiJobDirs(join(jobDir, `n${node}`)), ...envs[r] };
