@@ -31,10 +31,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/parent.h"
 #include "common/proc.h"
 #include "common/sf.h"
 
@@ -160,22 +160,6 @@ static void __attribute__((noreturn)) enter__exec(char **prog, int alive, const 
   _exit(code);
 }
 
-/* Ends the way the program ended: its exit code, or the same fatal signal raised on ourselves. */
-static int enter__end_like(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  int sig = WTERMSIG(status);
-  /* Die of the same signal, without a core file of our own. */
-  struct rlimit no_core = {0, 0};
-  setrlimit(RLIMIT_CORE, &no_core);
-  signal(sig, SIG_DFL);
-  sigset_t one;
-  sigemptyset(&one);
-  sigaddset(&one, sig);
-  sigprocmask(SIG_UNBLOCK, &one, NULL);
-  raise(sig);
-  return 128 + sig;
-}
-
 int main(int argc, char **argv) {
   sf_prog("enter");
   struct enter_options o = {0};
@@ -208,5 +192,5 @@ int main(int argc, char **argv) {
   int status;
   while (waitpid(pid, &status, 0) < 0)
     if (errno != EINTR) sf_die(EXIT_UNUSABLE, -errno, "waitpid");
-  return enter__end_like(status);
+  return sf_end_like(status);
 }

@@ -48,6 +48,7 @@
 
 #include "common/netconf.h"
 #include "common/netlink.h"
+#include "common/parent.h"
 #include "common/proc.h"
 #include "common/sf.h"
 
@@ -231,34 +232,12 @@ static int clone__setup(const struct clone *c, const struct holder_options *o, s
   return clone__own_sysfs(s);
 }
 
-/* PID 1 of the clone: orphans of the clone are reparented here and must be reaped. */
-static void __attribute__((noreturn)) clone__be_init(void) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &set, NULL);
-  for (;;) {
-    siginfo_t si;
-    if (sigwaitinfo(&set, &si) < 0 && errno != EINTR) _exit(1);
-    while (waitpid(-1, NULL, WNOHANG) > 0) {}
-  }
-}
-
-static void quiet_stdio(void) {
-  int null = open("/dev/null", O_RDWR);
-  if (null < 0) return;
-  dup2(null, 0);
-  dup2(null, 1);
-  dup2(null, 2);
-  if (null > 2) close(null);
-}
-
 /* The new clone's first code: sets it up, says "ok" or why not on its pipe, then is its init. */
 static void __attribute__((noreturn)) clone__main(const struct clone *c, const struct holder_options *o, int ready) {
   /* A clone never outlives its holder, however the holder ends (SIGKILL, SIGPIPE, a crash): the
    * clone's PID 1 dies with it, and so does every process in the clone. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  quiet_stdio();
+  sf_stdio_to_null();
   /* Hold nothing of our parent's (other clones' pipes, the host namespace): only the ready pipe. */
   if (ready > 3) close_range(3, (unsigned)ready - 1, 0);
   close_range((unsigned)ready + 1, ~0U, 0);
@@ -269,7 +248,7 @@ static void __attribute__((noreturn)) clone__main(const struct clone *c, const s
   if (n > (int)sizeof msg - 1) n = sizeof msg - 1;
   if (sf_write_all(ready, msg, (size_t)n) < 0 || rc < 0) _exit(1);
   close(ready);
-  clone__be_init();
+  sf_reap_forever();
 }
 
 /* ---- the batch, from the host ---- */
@@ -492,7 +471,7 @@ static void holder__net(struct holder *h) {
  * reap), until none is left. With an owner, its end (the pidfd turns readable) kills them all.
  */
 static void holder__hold(struct holder *h) {
-  quiet_stdio();
+  sf_stdio_to_null();
   signal(SIGHUP, SIG_IGN);
   signal(SIGINT, SIG_IGN);
   sigset_t chld;

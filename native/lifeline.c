@@ -30,11 +30,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/parent.h"
 #include "common/proc.h"
 #include "common/sf.h"
 
@@ -178,21 +178,6 @@ static int lifeline__watch(struct lifeline *l) {
   return reaped ? status : SIGKILL;
 }
 
-/* Ends the way PROGRAM ended: its exit code, or the same fatal signal raised on ourselves. */
-static int lifeline__end_like(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  int sig = WTERMSIG(status);
-  struct rlimit no_core = {0, 0};
-  setrlimit(RLIMIT_CORE, &no_core);
-  signal(sig, SIG_DFL);
-  sigset_t one;
-  sigemptyset(&one);
-  sigaddset(&one, sig);
-  sigprocmask(SIG_UNBLOCK, &one, NULL);
-  raise(sig);
-  return 128 + sig;
-}
-
 static void lifeline__exit(struct lifeline *l) {
   if (l->owner >= 0) close(l->owner);
   if (l->sigfd >= 0) close(l->sigfd);
@@ -208,5 +193,5 @@ int main(int argc, char **argv) {
   }
   int status = lifeline__watch(&l);
   lifeline__exit(&l);
-  return lifeline__end_like(status);
+  return sf_end_like(status);
 }

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/parent.h"
 #include "common/proc.h"
 #include "common/sf.h"
 
@@ -60,12 +61,7 @@ static int reaper__wait(struct reaper *r) {
 /* Becomes PROGRAM, detached from whatever terminal or group the owner had. */
 static int reaper__exec(struct reaper *r) {
   setsid();
-  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (null >= 0) {
-    dup2(null, STDIN_FILENO);
-    dup2(null, STDOUT_FILENO);
-    dup2(null, STDERR_FILENO);
-  }
+  sf_stdio_to_null();
   execvp(r->prog[0], r->prog);
   return errno == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_RUN;
 }

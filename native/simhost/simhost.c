@@ -38,6 +38,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/parent.h"
 #include "common/sf.h"
 
 #define MAX_KEEP 8
@@ -168,28 +169,6 @@ static int setup_host(const struct options *o, const char **step) {
   return 0;
 }
 
-/* PID 1 of the host: every orphan of the host is reparented here and must be reaped. */
-static void be_init(void) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &set, NULL);
-  for (;;) {
-    siginfo_t si;
-    if (sigwaitinfo(&set, &si) < 0 && errno != EINTR) _exit(1);
-    while (waitpid(-1, NULL, WNOHANG) > 0) {}
-  }
-}
-
-static void quiet_stdio(void) {
-  int null = open("/dev/null", O_RDWR);
-  if (null < 0) return;
-  dup2(null, 0);
-  dup2(null, 1);
-  dup2(null, 2);
-  if (null > 2) close(null);
-}
-
 /* The host's init. Reports "ok" or one line of why not over the ready pipe. */
 static void host_main(const struct options *o, int ready, int alive) {
   /* If simhost dies, so does the host; and it may already have died before this line. */
@@ -197,7 +176,7 @@ static void host_main(const struct options *o, int ready, int alive) {
   struct pollfd pf = {.fd = alive, .events = POLLIN};
   if (poll(&pf, 1, 0) > 0) _exit(1);
   close(alive);
-  quiet_stdio();
+  sf_stdio_to_null();
   const char *step = "";
   int rc = setup_host(o, &step);
   if (rc < 0) {
@@ -208,7 +187,7 @@ static void host_main(const struct options *o, int ready, int alive) {
   }
   if (sf_write_all(ready, "ok", 2) < 0) _exit(1);
   close(ready);
-  be_init();
+  sf_reap_forever();
 }
 
 static int parse(int argc, char **argv, struct options *o) {
@@ -270,7 +249,7 @@ int main(int argc, char **argv) {
     waitpid(pid, NULL, 0);
     return 1;
   }
-  quiet_stdio();
+  sf_stdio_to_null();
   if (chdir("/") < 0) { /* nothing depends on it */ }
   /* Detached from our creator's session: its hang-up or Ctrl-C is not the host's end. */
   signal(SIGHUP, SIG_IGN);
