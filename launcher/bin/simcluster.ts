@@ -13,12 +13,11 @@
  */
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
-import { down, findHost, hostCommand, SimClusterError, status, up, usage } from '../../src/hosts/simulated.js';
+import { UsageError } from '../../src/common/errors.js';
+import { down, findHost, hostCommand, status, up, usage } from '../../src/hosts/simulated.js';
 import { debugRequested, reportError } from '../cli/errors.js';
 
 const PROGRAM = 'simcluster';
-
-class UsageError extends Error {}
 
 const HELP = `usage:
   ${PROGRAM} up --hosts N [--name NAME] [--cpus C] [-v]   start N simulated hosts running Slurm
@@ -113,17 +112,8 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// Every failure a user can fix is a UserError (a SimClusterError carries exit 2, 1 or 128+N).
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
-  (e: unknown) => {
-    if (e instanceof SimClusterError && e.kind === 'interrupted') {
-      process.stderr.write(`${PROGRAM}: ${e.message}\n`);
-      process.exit(128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as Record<string, number>)[e.signal!]!);
-    }
-    if (e instanceof UsageError || e instanceof SimClusterError) {
-      process.stderr.write(`${PROGRAM}: ${(e as Error).message}\n`);
-      process.exit(e instanceof UsageError || (e as SimClusterError).kind === 'argument' ? 2 : 1);
-    }
-    process.exit(reportError(PROGRAM, e, debugRequested(process.argv)));
-  },
+  (e: unknown) => process.exit(reportError(PROGRAM, e, debugRequested(process.argv))),
 );

@@ -7,6 +7,9 @@
  *   UsageError      2  bad input; raised only before anything is provisioned
  *   HostError       3  this host lacks something snowflock needs; says how to get it
  *   ProvisionError  4  the cluster could not be made; names the clone or host that failed
+ *
+ * simcluster, the simulated cluster's own command, has codes of its own (SimClusterError in
+ * src/hosts/sim-settings.ts: 2 bad argument, 1 failure, 128+N interrupted).
  */
 export class UserError extends Error {
   readonly exitCode: number;

@@ -7,19 +7,22 @@ import { accessSync, constants, existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { settings } from '../common/config.js';
+import { UserError } from '../common/errors.js';
+import { signalStatus } from '../common/signals.js';
 
 /**
- * What went wrong, as one line that says what to do. `argument`: the caller asked for something
- * invalid (nothing was created); `failure`: a prerequisite is missing or the cluster failed;
- * `interrupted`: a signal stopped `up` (what it made is removed; `signal` names it).
+ * What went wrong with a simulated cluster: a UserError (src/common/errors.ts), one line that says
+ * what to do, with simcluster's exit codes. `argument` (2): the caller asked for something invalid
+ * and nothing was created; `failure` (1): a prerequisite is missing or the cluster failed;
+ * `interrupted` (128+N): signal N stopped `up`, and what it made is removed.
  */
-export class SimClusterError extends Error {
+export class SimClusterError extends UserError {
   constructor(
     message: string,
     readonly kind: 'argument' | 'failure' | 'interrupted' = 'failure',
     readonly signal?: NodeJS.Signals,
   ) {
-    super(message);
+    super(message, kind === 'argument' ? 2 : kind === 'interrupted' && signal ? signalStatus(signal) : 1);
     this.name = 'SimClusterError';
   }
 }
