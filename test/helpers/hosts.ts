@@ -5,14 +5,14 @@
  * namespaces, links and nftables tables inside its network namespace, and its processes.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import { expect } from 'chai';
 import { down, hostCommand, up, type SimClusterRecord, type SimHostRecord } from '../../src/hosts/simulated.js';
 import { rereadSettings } from '../../src/common/config.js';
-import { leftovers } from './leaks.js';
+import { leftovers, removeEmptyTree } from './leaks.js';
 import { program, type Mpi } from './programs.js';
 
 /** The resources of this worktree's tests (overridable from the environment). */
@@ -50,16 +50,6 @@ ls -1 "$1/tickets" "$1/subnets" 2>/dev/null; echo ---
 cut -d' ' -f5,9 /proc/self/mountinfo; echo ---
 for p in /proc/[0-9]*; do c=$(tr '\\0' ' ' < $p/cmdline 2>/dev/null); [ -n "$c" ] && echo "\${p#/proc/} $c"; done
 `;
-
-/** Removes dir and the directories below it that hold nothing else; leaves any file where it is. */
-function removeEmptyTree(dir: string): void {
-  try {
-    for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) removeEmptyTree(join(dir, e.name));
-    rmdirSync(dir);
-  } catch {
-    // Not there, or not empty: a file is left, to be seen.
-  }
-}
 
 /** What of these tickets is left on one simulated host. */
 export async function leftoversOn(h: SimHostRecord, ids: string[], stateDir: string): Promise<string[]> {

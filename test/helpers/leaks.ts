@@ -3,9 +3,19 @@
  * ticket ids (and one state directory), because other test runs share this host at the same time.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'chai';
+
+/** Removes dir and the directories below it that hold nothing else; leaves any file where it is. */
+export function removeEmptyTree(dir: string): void {
+  try {
+    for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) removeEmptyTree(join(dir, e.name));
+    rmdirSync(dir);
+  } catch {
+    // Not there, or not empty: a file is left, to be seen.
+  }
+}
 
 function run(cmd: string, args: string[]): string {
   try {

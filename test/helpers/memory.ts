@@ -5,10 +5,11 @@
  * that state directory.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, rmdirSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Engine } from '../../src/engine.js';
 import { createTestbed, testbedLeftovers, type Testbed } from '../../src/memory/testbed.js';
+import { removeEmptyTree } from './leaks.js';
 
 export const NET = process.env.SNOWFLOCK_TEST_MEMORY_NET || '10.242';
 export const POOL = `${NET}.0.0/17`;
@@ -19,15 +20,7 @@ let underlays = 0;
 
 // A root hook: once the run is over, the state directory these tests made goes if it is empty
 // (a ticket or testbed left in it is a leftover the tests report, and stays to be seen).
-after(() => {
-  for (const d of [join(STATE_DIR, 'testbeds'), STATE_DIR]) {
-    try {
-      rmdirSync(d);
-    } catch {
-      /* not empty, or not made */
-    }
-  }
-});
+after(() => removeEmptyTree(STATE_DIR));
 
 export function memoryEngine(): Engine {
   mkdirSync(STATE_DIR, { recursive: true });

@@ -9,7 +9,7 @@
  * shared-memory segments after the real hostname and the local rank, which two nodes here share.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +17,7 @@ import type { FenceRelay } from '../../launcher/pmix/fence-relay.js';
 import { OPENMPI_DIRECT_LAUNCH, openMpiJobDirs } from '../../launcher/pmix/openmpi.js';
 import type { PmixServer, JobSpec } from '../../launcher/pmix/server.js';
 import { PmixJob, type PmixHost } from '../../launcher/pmix/servers.js';
+import { removeEmptyTree } from '../helpers/leaks.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const ownStateDir = !process.env.SNOWFLOCK_STATE_DIR;
@@ -25,12 +26,7 @@ export const stateDir = process.env.SNOWFLOCK_STATE_DIR ?? join(tmpdir(), 'snowf
 // A root hook: once the run is over, our own default state directory goes if it is empty (a job
 // directory left in it is a leftover the tests report, and stays to be seen).
 after(() => {
-  if (!ownStateDir) return;
-  try {
-    rmdirSync(stateDir);
-  } catch {
-    /* not empty, or not made */
-  }
+  if (ownStateDir) removeEmptyTree(stateDir);
 });
 
 /** sf-pmix as built by make (or make SANITIZE=1 with PMIX_SANITIZE=1 in the environment). */
