@@ -480,7 +480,11 @@ static void holder__hold(struct holder *h) {
   sigprocmask(SIG_BLOCK, &chld, NULL);
   int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   int alive = h->n;
-  while (alive > 0) {
+  for (;;) {
+    /* Reaped before every wait: a clone that died before SIGCHLD was blocked here (its signal
+     * discarded, as SIGCHLD's default is) would otherwise be waited for forever. */
+    while (waitpid(-1, NULL, WNOHANG) > 0) alive--;
+    if (alive <= 0) break;
     struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN}, {.fd = h->owner, .events = POLLIN}};
     /* Without a signalfd (no memory for it), reaping falls back to a short period. */
     if (poll(pf, 2, sfd < 0 ? 100 : -1) < 0 && errno != EINTR) break;
@@ -490,7 +494,6 @@ static void holder__hold(struct holder *h) {
     }
     struct signalfd_siginfo si;
     while (sfd >= 0 && read(sfd, &si, sizeof si) > 0) {}
-    while (waitpid(-1, NULL, WNOHANG) > 0) alive--;
   }
   if (sfd >= 0) close(sfd);
 }
