@@ -32,6 +32,7 @@
 #include <linux/if.h> /* after net/if.h: IF_OPER_UP, IFF_LOWER_UP */
 #include <poll.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -173,20 +174,38 @@ static int holder__parse(struct holder *h, int argc, char **argv) {
 
 /* ---- inside a new clone ---- */
 
-/* A private /tmp, except for the directories the caller works in (they stay the host's). */
+/*
+ * A mount point for a shared entry of the host's /tmp: a directory, or an empty file where the
+ * entry is a file (a program built straight into /tmp), since a bind mount needs the same kind.
+ */
+static int tmp__mount_point(const char *path, bool is_dir) {
+  if (is_dir) return mkdir(path, 0755) < 0 && errno != EEXIST ? -errno : 0;
+  int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return -errno;
+  close(fd);
+  return 0;
+}
+
+/* A private /tmp, except for the entries the caller works in (they stay the host's). */
 static int clone__private_tmp(const struct holder_options *o, struct step *s) {
   char keep[64];
+  bool is_dir[MAX_SHARED];
   for (int i = 0; i < o->n_shared; i++) {
+    struct stat st;
+    if (stat(o->shared_tmp[i], &st) < 0) return step__fail(s, -errno, "stat %s", o->shared_tmp[i]);
+    is_dir[i] = S_ISDIR(st.st_mode);
     snprintf(keep, sizeof keep, "/dev/shm/.sf-keep-%d", i);
-    if (mkdir(keep, 0700) < 0) return step__fail(s, -errno, "mkdir %s", keep);
+    int rc = tmp__mount_point(keep, is_dir[i]);
+    if (rc < 0) return step__fail(s, rc, "create %s", keep);
     if (mount(o->shared_tmp[i], keep, NULL, MS_BIND | MS_REC, NULL) < 0) return step__fail(s, -errno, "bind %s", o->shared_tmp[i]);
   }
   if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) return step__fail(s, -errno, "mount /tmp");
   for (int i = 0; i < o->n_shared; i++) {
     snprintf(keep, sizeof keep, "/dev/shm/.sf-keep-%d", i);
-    if (mkdir(o->shared_tmp[i], 0755) < 0 && errno != EEXIST) return step__fail(s, -errno, "mkdir %s", o->shared_tmp[i]);
+    int rc = tmp__mount_point(o->shared_tmp[i], is_dir[i]);
+    if (rc < 0) return step__fail(s, rc, "create %s", o->shared_tmp[i]);
     if (mount(keep, o->shared_tmp[i], NULL, MS_MOVE, NULL) < 0) return step__fail(s, -errno, "move %s", o->shared_tmp[i]);
-    rmdir(keep);
+    (void)(is_dir[i] ? rmdir(keep) : unlink(keep)); /* a leftover would go with the clone's /dev/shm */
   }
   return 0;
 }

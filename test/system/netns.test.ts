@@ -228,6 +228,31 @@ describe('netns clones (engine)', function () {
     }
   });
 
+  it('runs a program built straight into /tmp, with the rest of /tmp still private', async () => {
+    const program = join('/tmp', `sf-prog-${process.pid}`);
+    const marker = join('/tmp', `sf-host-marker-${process.pid}`);
+    writeFileSync(program, '#!/bin/sh\necho "from $(hostname)"\n', { mode: 0o755 });
+    writeFileSync(marker, 'x');
+    try {
+      const ticket = await engine.requestTicket(1, { provider: 'netns' });
+      ours.push(ticket.id);
+      const [clone] = await engine.createClones(ticket, await engine.checkpoint(ticket, { programs: [program] }));
+      const out = await run(clone!, ['sh', '-c', `${program}; test -e ${marker} && echo LEAKED; true`]);
+      expect(out.stdout.trim()).to.equal(`from ${clone!.hostname}`);
+    } finally {
+      rmSync(program, { force: true });
+      rmSync(marker, { force: true });
+    }
+  });
+
+  it('refuses /tmp itself as a working directory to share, before anything is made', async () => {
+    let error: Error | undefined;
+    await engine.requestTicket(2, { provider: 'netns', share: ['/tmp'] }).catch((e: Error) => (error = e));
+    expect(error?.name).to.equal('UsageError');
+    expect(error?.message).to.include('/tmp is private to each namespace clone').and.include('mkdir /tmp/job');
+    expect(await engine.list()).to.deep.equal([]);
+  });
+
   it('join waits for running processes, then removes everything', async () => {
     const { ticket, clones } = await ticketWithClones(2);
     const procs = clones.map((c) => collect(c.spawn(['sh', '-c', 'sleep 0.3; echo done'], { env: env() })));

@@ -55,8 +55,17 @@ export class NetnsProvider implements Provider<NetnsCheckpointDetail> {
     if (source.memory) throw new UsageError('memory on demand is for VM clones: namespace clones share the host\'s memory; use the vm provider');
   }
 
-  /** ...and any directory: they see it without a server (Ticket.shared is for VM clones). */
-  checkShare(_dirs: readonly string[]): void {}
+  /**
+   * ...and any directory, without a server (Ticket.shared is for VM clones), but for /tmp itself:
+   * each clone's is its own (as on cluster nodes), and the job's directory lives there.
+   */
+  checkShare(dirs: readonly string[]): void {
+    if (dirs.includes('/tmp')) {
+      throw new UsageError(
+        'the working directory /tmp is private to each namespace clone: what runs there would not see its files, and what it writes there would be lost; work in a directory under /tmp (mkdir /tmp/job && cd /tmp/job) or elsewhere',
+      );
+    }
+  }
 
   /** Namespace clones start from the host as it is: nothing to capture but where its programs are. */
   async checkpoint(source: CheckpointSource, _log: Logger): Promise<Checkpoint<NetnsCheckpointDetail>> {
@@ -149,7 +158,8 @@ function resolvText(gateway: string): string {
 
 /**
  * The clones' /tmp is private, but a caller working under /tmp (tests, scratch jobs) must find its
- * working directories and programs there: the top directory under /tmp of each stays shared.
+ * working directories and programs there: the top entry under /tmp of each stays shared (a
+ * directory, or the program itself where it was built straight into /tmp).
  */
 function tmpTops(paths: readonly string[]): string[] {
   const tops = paths.flatMap((p) => {
