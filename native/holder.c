@@ -2,7 +2,7 @@
  * holder: creates the namespaces of one or more netns clones and holds them open.
  *
  *   holder [--share-tmp DIR]... [--hosts FILE] [--resolv FILE] [--gateway GW/PREFIX]
- *          [--owner PID:START] HOSTNAME[=ADDRESS[,MAC]]...
+ *          [--gso-max BYTES] [--owner PID:START] HOSTNAME[=ADDRESS[,MAC]]...
  *
  * For each HOSTNAME, a child is cloned into new network, UTS, IPC, mount and PID namespaces. It is
  * PID 1 of its PID namespace: it mounts a fresh /proc, a private /tmp and /dev/shm, sets the
@@ -65,6 +65,7 @@ struct holder_options {
   int has_gateway;
   struct in_addr gateway;
   int prefix;
+  unsigned gso_max; /* for every eth0; 0: the kernel's default */
   int has_owner;
   pid_t owner_pid;
   unsigned long long owner_start;
@@ -107,8 +108,8 @@ static int step__fail(struct step *s, int err, const char *fmt, ...) {
 /* ---- options ---- */
 
 static int holder__usage(void) {
-  sf_err(0, "usage: holder [--share-tmp DIR]... [--hosts FILE] [--resolv FILE] [--gateway GW/PREFIX] [--owner PID:START] "
-            "HOSTNAME[=ADDRESS[,MAC]]...");
+  sf_err(0, "usage: holder [--share-tmp DIR]... [--hosts FILE] [--resolv FILE] [--gateway GW/PREFIX] [--gso-max BYTES] "
+            "[--owner PID:START] HOSTNAME[=ADDRESS[,MAC]]...");
   return -EINVAL;
 }
 
@@ -124,6 +125,11 @@ static int holder_options__set(struct holder_options *o, const char *name, const
   } else if (strcmp(name, "--gateway") == 0) {
     if (netconf__parse_cidr(value, &o->gateway, &o->prefix) < 0) return sf_err(0, "bad --gateway %s: give GW/PREFIX", value), -EINVAL;
     o->has_gateway = 1;
+  } else if (strcmp(name, "--gso-max") == 0) {
+    char *end;
+    unsigned long v = strtoul(value, &end, 10);
+    if (!*value || *end || v == 0 || v > UINT32_MAX) return sf_err(0, "bad --gso-max %s: give a size in bytes", value), -EINVAL;
+    o->gso_max = (unsigned)v;
   } else if (strcmp(name, "--owner") == 0) {
     if (sf_proc_parse_identity(value, &o->owner_pid, &o->owner_start) < 0)
       return sf_err(0, "bad --owner %s: give PID:START (field 22 of /proc/PID/stat)", value), -EINVAL;
@@ -364,6 +370,7 @@ static int holder__configure_clone(struct holder *h, int i, struct netconf_neigh
         .prefix = h->opt.prefix,
         .has_gateway = c->has_addr && h->opt.has_gateway,
         .gateway = h->opt.gateway,
+        .gso_max = c->has_addr ? h->opt.gso_max : 0,
         .neigh = scratch,
         .n_neigh = c->has_addr ? holder__siblings(h, i, scratch) : 0,
     };

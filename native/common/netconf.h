@@ -2,7 +2,7 @@
  * One way to configure a clone's network, from inside its network namespace: the holder does it
  * for netns clones, the guest agent for VM clones. Steps, in order: lo up; then, for a named
  * interface, its MAC (before anything is sent: a VM clone starts with the template's MAC), its
- * MTU (a ticket spanning hosts: the tunnel's), its IPv4 address, up, the default route, and permanent neighbours for the clone's siblings.
+ * MTU (a ticket spanning hosts: the tunnel's), its largest GSO packet, its IPv4 address, up, the default route, and permanent neighbours for the clone's siblings.
  */
 #ifndef SF_NETCONF_H
 #define SF_NETCONF_H
@@ -24,6 +24,7 @@ struct netconf {
   int has_gateway;
   struct in_addr gateway;
   unsigned mtu; /* 0: the interface's own */
+  unsigned gso_max; /* 0: the interface's own; best effort (a kernel may refuse it: then it stays) */
   const struct netconf_neigh *neigh;
   int n_neigh;
 };

@@ -145,6 +145,21 @@ int nl__link_set_mtu(struct nl *nl, int ifindex, unsigned mtu) {
   return rc < 0 ? rc : nl__request(nl, &m, NULL, NULL);
 }
 
+/* Linux 6.3; older headers lack it, and older kernels ignore an attribute they do not know. */
+#ifndef IFLA_GSO_IPV4_MAX_SIZE
+#define IFLA_GSO_IPV4_MAX_SIZE 63
+#endif
+
+int nl__link_set_gso_max(struct nl *nl, int ifindex, unsigned bytes) {
+  struct nl_msg m;
+  struct ifinfomsg *i = nl_msg__init(&m, RTM_NEWLINK, 0, sizeof *i);
+  i->ifi_family = AF_UNSPEC;
+  i->ifi_index = ifindex;
+  int rc = nl_msg__attr(&m, IFLA_GSO_MAX_SIZE, &bytes, sizeof bytes);
+  if (rc == 0) rc = nl_msg__attr(&m, IFLA_GSO_IPV4_MAX_SIZE, &bytes, sizeof bytes);
+  return rc < 0 ? rc : nl__request(nl, &m, NULL, NULL);
+}
+
 int nl__addr_add(struct nl *nl, int ifindex, struct in_addr addr, int prefix) {
   if (prefix < 0 || prefix > 32) return -EINVAL;
   struct nl_msg m;

@@ -28,6 +28,8 @@ void nl__close(struct nl *nl);
 int nl__link_up(struct nl *nl, int ifindex);
 int nl__link_set_mac(struct nl *nl, int ifindex, const unsigned char mac[6]);
 int nl__link_set_mtu(struct nl *nl, int ifindex, unsigned mtu);
+/* The largest packet the stack builds for the link before segmentation (IPv4 and IPv6): above 64 KiB is BIG TCP. */
+int nl__link_set_gso_max(struct nl *nl, int ifindex, unsigned bytes);
 int nl__addr_add(struct nl *nl, int ifindex, struct in_addr addr, int prefix);
 int nl__route_add_default(struct nl *nl, struct in_addr gateway);
 /* A permanent neighbour entry (IPv4 address -> MAC) on a link: no ARP for it, ever. */

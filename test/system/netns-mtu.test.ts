@@ -1,7 +1,8 @@
 /**
  * The ticket network of namespace clones carries large frames (issue 13: traffic between clones at
  * loopback's pace): both ends of every veth have the veth's largest MTU, the bridge follows them,
- * and a large TCP transfer between siblings and to the gateway arrives whole.
+ * each clone's eth0 takes packets of several MTUs (BIG TCP), and a large TCP transfer between
+ * siblings and to the gateway arrives whole.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -10,7 +11,7 @@ import { join } from 'node:path';
 import { expect } from 'chai';
 import { Engine } from '../../src/engine.js';
 import type { Clone, CloneProcess } from '../../src/providers/clone.js';
-import { VETH_MTU } from '../../src/providers/netns/provider.js';
+import { VETH_GSO_MAX, VETH_MTU } from '../../src/providers/netns/provider.js';
 import { vethName } from '../../src/ticket/names.js';
 import { assertNoLeaks } from '../helpers/leaks.js';
 import { buildNative } from '../helpers/native.js';
@@ -71,6 +72,8 @@ describe('netns clones: large frames on the ticket network', function () {
     for (const c of clones) {
       expect(mtu(vethName(ticket.id, c.id)), 'host end').to.equal(VETH_MTU);
       expect(Number(await run(c, ['cat', '/sys/class/net/eth0/mtu'])), 'clone end').to.equal(VETH_MTU);
+      const [eth0] = JSON.parse(await run(c, ['ip', '-d', '-j', 'link', 'show', 'dev', 'eth0'])) as Array<{ gso_max_size: number }>;
+      expect(eth0!.gso_max_size, 'BIG TCP: packets of several MTUs').to.equal(VETH_GSO_MAX);
     }
     expect(mtu(ticket.network.bridge), 'the bridge follows its ports').to.equal(VETH_MTU);
 

@@ -20,6 +20,8 @@ export interface HolderOptions {
   /** Gateway address and prefix length for the clones' default route. */
   gateway: string;
   prefixLength: number;
+  /** The largest packet each clone's TCP builds for its eth0 (BIG TCP above 64 KiB); the kernel's default without. */
+  gsoMax?: number;
   /** Directories under /tmp that the clones share with the host (their /tmp is otherwise private). */
   shareTmp: string[];
   /** Put over /etc/hosts in every clone. */
@@ -64,6 +66,7 @@ export class HolderBatch {
   /** Starts holder; resolves with the host PIDs of the clones (their PID 1) once all are set up. */
   static async start(clones: HolderClone[], opts: HolderOptions): Promise<{ batch: HolderBatch; pids: number[] }> {
     const args = ['--gateway', `${opts.gateway}/${opts.prefixLength}`];
+    if (opts.gsoMax) args.push('--gso-max', String(opts.gsoMax));
     for (const dir of opts.shareTmp) args.push('--share-tmp', dir);
     if (opts.hostsFile) args.push('--hosts', opts.hostsFile);
     if (opts.resolvFile) args.push('--resolv', opts.resolvFile);

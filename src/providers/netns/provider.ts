@@ -32,6 +32,16 @@ import { HolderBatch } from './holder.js';
 export const VETH_MTU = 65535;
 
 /**
+ * The largest packet a clone's TCP builds for its eth0 on one host (BIG TCP, Linux 6.3 and later;
+ * older kernels ignore it): 6 × 64 KiB. At an MTU of 64 KiB every packet already crosses veth,
+ * bridge and veth unsegmented, so per-packet work is what is left, and each packet also meets the
+ * host's netfilter hooks where br_netfilter is loaded. Loopback does the same work once; larger
+ * packets make it rarer. Measured (benchmarks/traffic.ts): peak bandwidth from 0.76 to about 1.2 of
+ * Hydra's over loopback. Not for a ticket spanning hosts: those packets would meet the tunnel.
+ */
+export const VETH_GSO_MAX = 6 * 65536;
+
+/**
  * A namespace checkpoint is the host as it is; it only notes the directories under /tmp that its
  * programs live in, which the clones must share (their /tmp is their own). On another host of the
  * ticket (an agent's), neither the launcher's working directory nor its programs' are the agent's
@@ -97,6 +107,7 @@ export class NetnsProvider implements Provider<NetnsCheckpointDetail> {
         nativeDir: this.nativeDir,
         gateway: net.gateway,
         prefixLength: net.prefixLength,
+        ...(net.mtu === undefined ? { gsoMax: VETH_GSO_MAX } : {}),
         shareTmp: [...new Set([...tmpTops([process.cwd(), ...ticket.shared]), ...(checkpoint.detail?.tmpDirs ?? [])])],
         hostsFile,
         resolvFile,
