@@ -7,6 +7,10 @@
  *   Bridged frames only meet these hooks when br_netfilter is loaded; it reports the bridge itself
  *   as both input and output device then, so the same rule covers both cases.
  * - nothing else is forwarded to or from the bridge: not other tickets' clones, not beyond the host.
+ * - traffic between clones is not tracked: only the host's own flows with them need conntrack (the
+ *   input chain's replies), and the host's conntrack table is shared by everyone on it, so a ticket's
+ *   internal flows (those of clones on other hosts too, which come in by the tunnel) stay out of it.
+ *   Frames between clones of one host mostly skip these hooks already (./shortcut.ts).
  * - the host accepts from the bridge only replies, and new TCP connections to the ports the ticket
  *   opened on its gateway address. Everything else is refused at once (a TCP reset, an ICMP port
  *   unreachable), so that a program in a clone that tries a closed port, or a DNS lookup (the clones'
@@ -31,6 +35,10 @@ export function tableScript(net: TicketNetwork): string {
   const br = JSON.stringify(net.bridge);
   return `table inet ${net.table} {
   set open_ports { type inet_service; }
+  chain untracked {
+    type filter hook prerouting priority raw; policy accept;
+    iifname ${br} ip saddr ${net.subnet} ip daddr ${net.subnet} ip saddr != ${net.gateway} ip daddr != ${net.gateway} notrack
+  }
   chain input {
     type filter hook input priority filter - 5; policy accept;
     ip daddr ${net.gateway} iifname != { "lo", ${br} } meta l4proto tcp reject with tcp reset

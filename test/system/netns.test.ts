@@ -3,13 +3,16 @@
  * networking between siblings, isolation between tickets and from the host, processes in clones,
  * and teardown on every path. Every test checks that nothing of its tickets is left.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { Engine } from '../../src/engine.js';
 import type { Clone, CloneProcess } from '../../src/providers/clone.js';
+import { shortcutBlock } from '../../src/network/shortcut.js';
+import { vethName } from '../../src/ticket/names.js';
 import type { Ticket } from '../../src/ticket/ticket.js';
 import { assertNoLeaks } from '../helpers/leaks.js';
 import { buildNative } from '../helpers/native.js';
@@ -124,6 +127,44 @@ describe('netns clones (engine)', function () {
     const out = await run(clones[0]!, client(clones[1]!.address, 7000, 30_000));
     expect(out.stdout.trim()).to.equal(`hi from ${clones[1]!.hostname}`);
     srv.kill('SIGTERM');
+    await engine.kill(ticket);
+  });
+
+  it('carries frames between siblings by the shortcut, past the bridge, and the rest by the bridge', async () => {
+    const { ticket, clones } = await ticketWithClones(3);
+    const srv = await startServer(clones[2]!, 7001);
+    expect((await run(clones[0]!, client(clones[2]!.address, 7001, 30_000))).stdout.trim()).to.equal(`hi from ${clones[2]!.hostname}`);
+    srv.kill('SIGTERM');
+    // Packets each clone's entry of the ticket's block sent out of its veth (tc text: the action, then its statistics).
+    const stats = execFileSync('tc', ['-s', 'filter', 'show', 'block', String(shortcutBlock(ticket.id))], { encoding: 'utf8' });
+    const sent = clones.map((c) => {
+      const m = new RegExp(`Redirect to device ${vethName(ticket.id, c.id)}\\)[^]*?Sent \\d+ bytes (\\d+) pkt`).exec(stats);
+      expect(m, `an entry for clone ${c.id} in:\n${stats}`).to.not.equal(null);
+      return Number(m![1]);
+    });
+    expect(sent[2], 'frames to clone 2 (SYN, data, ACKs)').to.be.greaterThan(2);
+    expect(sent[0], 'its answers to clone 0').to.be.greaterThan(2);
+    expect(sent[1], 'nothing for the clone that took no part').to.equal(0);
+    // The gateway is not a sibling: the host is reached by the bridge as before.
+    const { server: hs, port } = await hostServer(ticket.network.gateway);
+    try {
+      await engine.openPort(ticket, port);
+      expect((await run(clones[1]!, client(ticket.network.gateway, port, 30_000))).stdout.trim()).to.equal('hi from the host');
+    } finally {
+      hs.close();
+    }
+    await engine.kill(ticket);
+  });
+
+  it('keeps flows between clones out of the host\'s connection tracking, the shortcut off', async () => {
+    const { ticket, clones } = await ticketWithClones(2);
+    // Without the shortcut, frames between the clones take the bridge (and br_netfilter, where loaded).
+    for (const c of clones) execFileSync('tc', ['qdisc', 'del', 'dev', vethName(ticket.id, c.id), 'clsact']);
+    const srv = await startServer(clones[1]!, 7002);
+    expect((await run(clones[0]!, client(clones[1]!.address, 7002, 30_000))).stdout.trim()).to.equal(`hi from ${clones[1]!.hostname}`);
+    srv.kill('SIGTERM');
+    const tracked = readFileSync('/proc/net/nf_conntrack', 'utf8').split('\n').filter((l) => l.includes(`src=${clones[0]!.address} dst=${clones[1]!.address}`));
+    expect(tracked).to.deep.equal([]);
     await engine.kill(ticket);
   });
 

@@ -12,6 +12,7 @@ import { timed, type Logger } from '../../common/log.js';
 import { isRunning, startTime, type ProcessIdentity } from '../../common/processes.js';
 import { CommandError, ipBatch } from '../../network/ip.js';
 import { cloneAddress } from '../../network/pool.js';
+import { addShortcut } from '../../network/shortcut.js';
 import { cloneMac, cloneName, gatewayHostname, vethName } from '../../ticket/names.js';
 import type { Resource } from '../../ticket/resources.js';
 import type { Ticket } from '../../ticket/ticket.js';
@@ -128,7 +129,12 @@ export class NetnsProvider implements Provider<NetnsCheckpointDetail> {
           ]),
         ),
       );
-      await timed(log, `clone networks configured`, () => batch.configureNetwork());
+      await Promise.all([
+        timed(log, `clone networks configured`, () => batch.configureNetwork()),
+        timed(log, `shortcut between clones`, () =>
+          addShortcut(ticket.id, infos.map((c) => ({ id: c.id, mac: c.mac, veth: vethName(ticket.id, c.id) })), log),
+        ),
+      ]);
       infos.forEach((c, i) => (c.handle = { holder: holders[i]!.pid, start: holders[i]!.start }));
       await ledger.setClones(infos);
       batch.detach();
