@@ -5,6 +5,9 @@
 
 #include <arpa/inet.h>
 #include <linux/if.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+#include <linux/pkt_sched.h>
 #include <linux/neighbour.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -36,9 +39,21 @@ static int nl_msg__attr(struct nl_msg *m, unsigned short type, const void *data,
   struct rtattr *a = (struct rtattr *)((char *)m + at);
   a->rta_type = type;
   a->rta_len = RTA_LENGTH(len);
-  memcpy(RTA_DATA(a), data, len);
+  if (len) memcpy(RTA_DATA(a), data, len);
   m->h.nlmsg_len = at + RTA_ALIGN(a->rta_len);
   return 0;
+}
+
+/* A nested attribute: begin returns where it starts, end sets its length to what was added since. */
+static int nl_msg__nest_begin(struct nl_msg *m, unsigned short type) {
+  int at = (int)NLMSG_ALIGN(m->h.nlmsg_len);
+  int rc = nl_msg__attr(m, type | NLA_F_NESTED, NULL, 0);
+  return rc < 0 ? rc : at;
+}
+
+static void nl_msg__nest_end(struct nl_msg *m, int at) {
+  struct rtattr *a = (struct rtattr *)((char *)m + at);
+  a->rta_len = (unsigned short)(m->h.nlmsg_len - (unsigned)at);
 }
 
 int nl__open(struct nl *nl, int watch_links) {
@@ -173,6 +188,37 @@ int nl__addr_add(struct nl *nl, int ifindex, struct in_addr addr, int prefix) {
   if (rc == 0) rc = nl_msg__attr(&m, IFA_ADDRESS, &addr, sizeof addr);
   if (rc == 0) rc = nl_msg__attr(&m, IFA_BROADCAST, &brd, sizeof brd);
   return rc < 0 ? rc : nl__request(nl, &m, NULL, NULL);
+}
+
+int nl__qdisc_add_clsact(struct nl *nl, int ifindex) {
+  struct nl_msg m;
+  struct tcmsg *t = nl_msg__init(&m, RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, sizeof *t);
+  t->tcm_family = AF_UNSPEC;
+  t->tcm_ifindex = ifindex;
+  t->tcm_parent = TC_H_CLSACT;
+  t->tcm_handle = TC_H_MAKE(TC_H_CLSACT, 0);
+  int rc = nl_msg__attr(&m, TCA_KIND, "clsact", sizeof "clsact");
+  return rc < 0 ? rc : nl__request(nl, &m, NULL, NULL);
+}
+
+int nl__filter_add_ingress_bpf(struct nl *nl, int ifindex, int prog_fd, const char *name) {
+  struct nl_msg m;
+  struct tcmsg *t = nl_msg__init(&m, RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, sizeof *t);
+  t->tcm_family = AF_UNSPEC;
+  t->tcm_ifindex = ifindex;
+  t->tcm_parent = TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS);
+  t->tcm_handle = 1;
+  t->tcm_info = TC_H_MAKE(1u << 16, htons(ETH_P_ALL)); /* priority 1, every protocol */
+  unsigned fd = (unsigned)prog_fd, flags = TCA_BPF_FLAG_ACT_DIRECT;
+  int rc = nl_msg__attr(&m, TCA_KIND, "bpf", sizeof "bpf");
+  int nest = rc < 0 ? rc : nl_msg__nest_begin(&m, TCA_OPTIONS);
+  if (nest < 0) return nest;
+  rc = nl_msg__attr(&m, TCA_BPF_FD, &fd, sizeof fd);
+  if (rc == 0) rc = nl_msg__attr(&m, TCA_BPF_NAME, name, (unsigned short)(strlen(name) + 1));
+  if (rc == 0) rc = nl_msg__attr(&m, TCA_BPF_FLAGS, &flags, sizeof flags);
+  if (rc < 0) return rc;
+  nl_msg__nest_end(&m, nest);
+  return nl__request(nl, &m, NULL, NULL);
 }
 
 int nl__route_add_default(struct nl *nl, struct in_addr gateway) {

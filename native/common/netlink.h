@@ -1,6 +1,7 @@
 /*
  * rtnetlink, the few requests a clone's network needs: bring a link up, set its MAC, add an IPv4
- * address, a default route and a permanent neighbour, and read a link's state. Done in-process so
+ * address, a default route and a permanent neighbour, read a link's state, and put a BPF filter on
+ * a link's ingress (shortcut.h). Done in-process so
  * that configuring dozens of clones costs no process start per clone (an `ip -n` costs tens of ms
  * on a loaded host; these take microseconds), and so that the guest agent needs no `ip` binary.
  *
@@ -31,6 +32,10 @@ int nl__link_set_mtu(struct nl *nl, int ifindex, unsigned mtu);
 /* The largest packet the stack builds for the link before segmentation (IPv4 and IPv6): above 64 KiB is BIG TCP. */
 int nl__link_set_gso_max(struct nl *nl, int ifindex, unsigned bytes);
 int nl__addr_add(struct nl *nl, int ifindex, struct in_addr addr, int prefix);
+/* A clsact qdisc on a link (tc's "clsact"): hooks for filters on its ingress and egress. */
+int nl__qdisc_add_clsact(struct nl *nl, int ifindex);
+/* A loaded BPF program (its fd) as the direct-action filter on the ingress of a link's clsact. */
+int nl__filter_add_ingress_bpf(struct nl *nl, int ifindex, int prog_fd, const char *name);
 int nl__route_add_default(struct nl *nl, struct in_addr gateway);
 /* A permanent neighbour entry (IPv4 address -> MAC) on a link: no ARP for it, ever. */
 int nl__neigh_add(struct nl *nl, int ifindex, struct in_addr addr, const unsigned char mac[6]);

@@ -10,7 +10,7 @@
  * - traffic between clones is not tracked: only the host's own flows with them need conntrack (the
  *   input chain's replies), and the host's conntrack table is shared by everyone on it, so a ticket's
  *   internal flows (those of clones on other hosts too, which come in by the tunnel) stay out of it.
- *   Frames between clones of one host mostly skip these hooks already (./shortcut.ts).
+ *   Frames between clones of one host mostly skip these hooks already (native/common/shortcut.h).
  * - the host accepts from the bridge only replies, and new TCP connections to the ports the ticket
  *   opened on its gateway address. Everything else is refused at once (a TCP reset, an ICMP port
  *   unreachable), so that a program in a clone that tries a closed port, or a DNS lookup (the clones'

@@ -1,5 +1,5 @@
 /**
- * Running iproute2 (ip, tc) and nft. Many netlink operations go through one `ip -batch` process, which is
+ * Running iproute2 and nft. Many netlink operations go through one `ip -batch` process, which is
  * what makes creating dozens of clones cheap. Each runs in a process group of its own: a Ctrl-C on
  * the terminal goes to the launcher's group, and a second one must not kill the teardown's own
  * helpers halfway (a killed `ip -batch` leaves links that no record names any more).
@@ -32,13 +32,6 @@ export async function ipBatch(lines: string[], opts: BatchOptions = {}): Promise
   if (r.signal) throw new CommandError(`ip ${args.join(' ')}`, `killed by ${r.signal}`);
   if (r.exitCode !== 0 && !opts.force) throw new CommandError(`ip ${args.join(' ')}`, r.stderr || String(r.exitCode));
   return errors;
-}
-
-/** Runs lines through `tc -batch -`, all or nothing (a failing line stops it: CommandError). */
-export async function tcBatch(lines: string[]): Promise<void> {
-  if (lines.length === 0) return;
-  const r = await execa('tc', ['-batch', '-'], { input: lines.join('\n') + '\n', reject: false, detached: true });
-  if (r.exitCode !== 0) throw new CommandError('tc -batch -', r.stderr || (r.signal ? `killed by ${r.signal}` : String(r.exitCode)));
 }
 
 /** Runs an nft script (nft -f -). */

@@ -12,7 +12,6 @@ import { timed, type Logger } from '../../common/log.js';
 import { isRunning, startTime, type ProcessIdentity } from '../../common/processes.js';
 import { CommandError, ipBatch } from '../../network/ip.js';
 import { cloneAddress } from '../../network/pool.js';
-import { addShortcut } from '../../network/shortcut.js';
 import { cloneMac, cloneName, gatewayHostname, vethName } from '../../ticket/names.js';
 import type { Resource } from '../../ticket/resources.js';
 import type { Ticket } from '../../ticket/ticket.js';
@@ -109,6 +108,7 @@ export class NetnsProvider implements Provider<NetnsCheckpointDetail> {
         gateway: net.gateway,
         prefixLength: net.prefixLength,
         ...(net.mtu === undefined ? { gsoMax: VETH_GSO_MAX } : {}),
+        shortcut: true,
         shareTmp: [...new Set([...tmpTops([process.cwd(), ...ticket.shared]), ...(checkpoint.detail?.tmpDirs ?? [])])],
         hostsFile,
         resolvFile,
@@ -129,12 +129,8 @@ export class NetnsProvider implements Provider<NetnsCheckpointDetail> {
           ]),
         ),
       );
-      await Promise.all([
-        timed(log, `clone networks configured`, () => batch.configureNetwork()),
-        timed(log, `shortcut between clones`, () =>
-          addShortcut(ticket.id, infos.map((c) => ({ id: c.id, mac: c.mac, veth: vethName(ticket.id, c.id) })), log),
-        ),
-      ]);
+      const notes = await timed(log, `clone networks configured`, () => batch.configureNetwork());
+      for (const note of notes) log.info(note);
       infos.forEach((c, i) => (c.handle = { holder: holders[i]!.pid, start: holders[i]!.start }));
       await ledger.setClones(infos);
       batch.detach();
