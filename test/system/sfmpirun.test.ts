@@ -55,6 +55,9 @@ describe('sfmpirun', function () {
       expect(run.report!.clones).to.have.length(4);
       expect(run.report!.ranks.map((r) => r.code)).to.deep.equal([0, 0, 0, 0]);
       for (const phase of ['provision', 'launch', 'run', 'teardown'] as const) expect(run.report!.phases[phase]).to.be.a('number');
+      // MPICH speaks PMI-1 only: no PMIx server was started for it.
+      expect(run.report!.processManagers!.pmi).to.be.a('string');
+      expect(run.report!.processManagers!.pmix).to.deep.equal([]);
     });
 
     it('places two ranks per clone with -ppn 2, and tags lines with -l', async () => {
@@ -79,6 +82,9 @@ describe('sfmpirun', function () {
       const run = await sfmpirun(['-np', '3', 'hostname']);
       expectOk(run);
       expect(new Set(lines(run)).size).to.equal(3);
+      // No MPI found: it may start either, so both servers are there for it.
+      expect(run.report!.processManagers!.pmi).to.be.a('string');
+      expect(run.report!.processManagers!.pmix).to.have.length(1);
     });
 
     it('runs an MPMD pair as one world', async () => {

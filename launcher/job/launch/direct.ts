@@ -111,6 +111,8 @@ export class ProcessManagers {
   private readonly pmixEnv: Record<string, string>[] = [];
   private pmi: PmiServer | null = null;
   private pmix: PmixJob | null = null;
+  /** The job's directory is made in every clone (for Open MPI; see mayRunOpenMpi). */
+  private hasJobDirs = false;
   private readonly exited = new Set<number>();
   private readonly lostRanks = new Set<number>();
 
@@ -119,14 +121,22 @@ export class ProcessManagers {
     this.contacts = new RankContacts(ctx.job.np, (rank, left) => ctx.rankFailed({ ...this.where(rank), code: 0, signal: null, left }));
   }
 
-  /** Both servers up, listening on the gateway with their ports open, the job's directories made. */
+  /**
+   * The servers the job's ranks can speak to up, listening on the gateway with their ports open,
+   * and the job's directories made where Open MPI may run.
+   */
   static async start(ctx: DirectContext): Promise<ProcessManagers> {
     const pms = new ProcessManagers(ctx);
-    // All three settle before a failure is acted on, so that close() finds what was started.
+    const openMpi = (pms.hasJobDirs = mayRunOpenMpi(ctx.plan));
+    // All settle before a failure is acted on, so that close() finds what was started.
     const results = await Promise.allSettled([
       timed(log, 'PMI-1 server up', () => pms.startPmi()),
-      timed(log, 'PMIx server up, job registered', () => pms.startPmix()),
-      timed(log, "job's directory in every clone", () => createJobDirs(ctx.clones, pms.jobDir)),
+      ...(openMpi
+        ? [
+            timed(log, 'PMIx server up, job registered', () => pms.startPmix()),
+            timed(log, "job's directory in every clone", () => createJobDirs(ctx.clones, pms.jobDir)),
+          ]
+        : []),
     ]);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
@@ -236,7 +246,7 @@ export class ProcessManagers {
     const { job, plan } = this.ctx;
     const slot = plan.ranks[rank]!;
     const openmpi = { ...OPENMPI_DIRECT_LAUNCH, ...openMpiJobDirs(this.jobDir) };
-    return rankEnv(base, { pmi: this.pmi!.rankEnv(rank), pmix: this.pmixEnv[rank]!, openmpi }, {
+    return rankEnv(base, { pmi: this.pmi!.rankEnv(rank), pmix: this.pmixEnv[rank] ?? {}, openmpi }, {
       rank,
       size: job.np,
       localRank: slot.localRank,
@@ -279,14 +289,24 @@ export class ProcessManagers {
     return { pmi: this.pmi?.address ?? null, pmix: (this.pmix?.servers ?? []).map((s) => ({ pid: s.pid, uri: s.uri })) };
   }
 
-  /** Stops both servers; removes the job's directories when the clones outlive the job. */
+  /** Stops the servers started; removes the job's directories when the clones outlive the job. */
   async close(keep: boolean): Promise<void> {
     const done: Promise<unknown>[] = [];
     if (this.pmi) done.push(this.pmi.close().catch((e: Error) => log.warn(`closing the PMI server: ${e.message}`)));
     if (this.pmix) done.push(this.pmix.close().catch((e: Error) => log.warn(`closing the PMIx server: ${e.message}`)));
-    if (keep) done.push(removeJobDirs(this.ctx.clones, this.jobDir).catch((e: Error) => log.warn(e.message)));
+    if (keep && this.hasJobDirs) done.push(removeJobDirs(this.ctx.clones, this.jobDir).catch((e: Error) => log.warn(e.message)));
     await Promise.all(done);
   }
+}
+
+/**
+ * Whether a rank of the job may be an Open MPI program, which needs our PMIx server and the job's
+ * directory (its session files and shared-memory segments). MPICH speaks PMI-1 only; a program
+ * where detection found no MPI (a script, a wrapper) may start either, so it gets both. Starting
+ * neither for an MPICH job saves a process, its port and a process in every clone.
+ */
+function mayRunOpenMpi(plan: DirectContext['plan']): boolean {
+  return plan.apps.some((a) => a.mpi !== 'mpich');
 }
 
 /**
