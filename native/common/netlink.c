@@ -132,11 +132,17 @@ static int nl__request(struct nl *nl, struct nl_msg *m, nl_reply_fn on_reply, vo
   }
 }
 
-int nl__link_up(struct nl *nl, int ifindex) {
-  struct nl_msg m;
-  struct ifinfomsg *i = nl_msg__init(&m, RTM_NEWLINK, 0, sizeof *i);
+/* A request to change link ifindex (RTM_NEWLINK on an existing link); attributes say what. */
+static struct ifinfomsg *nl_msg__setlink(struct nl_msg *m, int ifindex) {
+  struct ifinfomsg *i = nl_msg__init(m, RTM_NEWLINK, 0, sizeof *i);
   i->ifi_family = AF_UNSPEC;
   i->ifi_index = ifindex;
+  return i;
+}
+
+int nl__link_up(struct nl *nl, int ifindex) {
+  struct nl_msg m;
+  struct ifinfomsg *i = nl_msg__setlink(&m, ifindex);
   i->ifi_flags = IFF_UP;
   i->ifi_change = IFF_UP;
   return nl__request(nl, &m, NULL, NULL);
@@ -144,18 +150,14 @@ int nl__link_up(struct nl *nl, int ifindex) {
 
 int nl__link_set_mac(struct nl *nl, int ifindex, const unsigned char mac[6]) {
   struct nl_msg m;
-  struct ifinfomsg *i = nl_msg__init(&m, RTM_NEWLINK, 0, sizeof *i);
-  i->ifi_family = AF_UNSPEC;
-  i->ifi_index = ifindex;
+  nl_msg__setlink(&m, ifindex);
   int rc = nl_msg__attr(&m, IFLA_ADDRESS, mac, 6);
   return rc < 0 ? rc : nl__request(nl, &m, NULL, NULL);
 }
 
 int nl__link_set_mtu(struct nl *nl, int ifindex, unsigned mtu) {
   struct nl_msg m;
-  struct ifinfomsg *i = nl_msg__init(&m, RTM_NEWLINK, 0, sizeof *i);
-  i->ifi_family = AF_UNSPEC;
-  i->ifi_index = ifindex;
+  nl_msg__setlink(&m, ifindex);
   int rc = nl_msg__attr(&m, IFLA_MTU, &mtu, sizeof mtu);
   return rc < 0 ? rc : nl__request(nl, &m, NULL, NULL);
 }
@@ -167,9 +169,7 @@ int nl__link_set_mtu(struct nl *nl, int ifindex, unsigned mtu) {
 
 int nl__link_set_gso_max(struct nl *nl, int ifindex, unsigned bytes) {
   struct nl_msg m;
-  struct ifinfomsg *i = nl_msg__init(&m, RTM_NEWLINK, 0, sizeof *i);
-  i->ifi_family = AF_UNSPEC;
-  i->ifi_index = ifindex;
+  nl_msg__setlink(&m, ifindex);
   int rc = nl_msg__attr(&m, IFLA_GSO_MAX_SIZE, &bytes, sizeof bytes);
   if (rc == 0) rc = nl_msg__attr(&m, IFLA_GSO_IPV4_MAX_SIZE, &bytes, sizeof bytes);
   return rc < 0 ? rc : nl__request(nl, &m, NULL, NULL);
