@@ -45,6 +45,11 @@ export interface Clone {
   mac: string;
   /** Starts argv[0] (looked up in PATH of opts.env) inside the clone. */
   spawn(argv: string[], opts: SpawnOptions): CloneProcess;
+  /**
+   * Makes a directory (mode 0700, and its parents) in the clone's own filesystem without starting
+   * a process there, where the provider can; otherwise callers run mkdir in the clone.
+   */
+  makeDir?(path: string): Promise<void>;
 }
 
 /** What the record keeps of a clone so that another process can reach it. */

@@ -4,7 +4,7 @@
  * and teardown on every path. Every test checks that nothing of its tickets is left.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -290,6 +290,16 @@ describe('netns clones (engine)', function () {
     expect(error?.name).to.equal('UsageError');
     expect(error?.message).to.include('/tmp is private to each namespace clone').and.include('mkdir /tmp/job');
     expect(await engine.list()).to.deep.equal([]);
+  });
+
+  it('makes a directory in a clone\'s private /tmp from the host, without a process in the clone', async () => {
+    const { clones } = await ticketWithClones(2);
+    const dir = `/tmp/sf-made-${process.pid}/job`;
+    await clones[0]!.makeDir!(dir);
+    const inside = await run(clones[0]!, ['stat', '-c', '%a %F', dir]);
+    expect(inside.stdout.trim()).to.equal('700 directory');
+    expect((await run(clones[1]!, ['sh', '-c', `test -e ${dir} && echo SEEN || echo private`])).stdout.trim()).to.equal('private');
+    expect(existsSync(dir), 'not on the host').to.equal(false);
   });
 
   it('join waits for running processes, then removes everything', async () => {

@@ -33,8 +33,13 @@ async function inEveryClone(clones: Clone[], argv: string[], what: string): Prom
   );
 }
 
-export function createJobDirs(clones: Clone[], dir: string): Promise<void> {
-  return inEveryClone(clones, ['mkdir', '-p', '-m', '0700', dir], `create the job's directory ${dir}`);
+export async function createJobDirs(clones: Clone[], dir: string): Promise<void> {
+  const what = `create the job's directory ${dir}`;
+  const direct = clones.filter((c) => c.makeDir);
+  await Promise.all([
+    ...direct.map((c) => c.makeDir!(dir).catch((e: Error) => Promise.reject(new ProvisionError(`clone ${c.hostname}: cannot ${what}: ${e.message}`)))),
+    inEveryClone(clones.filter((c) => !c.makeDir), ['mkdir', '-p', '-m', '0700', dir], what),
+  ]);
 }
 
 export function removeJobDirs(clones: Clone[], dir: string): Promise<void> {

@@ -9,9 +9,11 @@
  * already in MPI_Init (issue 13).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { join } from 'node:path';
-import type { ProcessIdentity } from '../../common/processes.js';
+import { ProvisionError } from '../../common/errors.js';
+import { startTime, type ProcessIdentity } from '../../common/processes.js';
 import type { Ticket } from '../../ticket/ticket.js';
 import type { Clone, CloneInfo, CloneProcess, ExitStatus, SpawnOptions } from '../clone.js';
 
@@ -36,6 +38,16 @@ export class NetnsClone implements Clone {
 
   spawn(argv: string[], opts: SpawnOptions) {
     return spawnInClone(this.nativeDir, this.holder, argv, opts);
+  }
+
+  /**
+   * Through the root of the clone's PID 1 (its holder child), which is in the clone's mount
+   * namespace: its private /tmp and /dev/shm are reached from the host without a process of ours
+   * in the clone (an enter costs a process start per clone).
+   */
+  async makeDir(path: string): Promise<void> {
+    if (startTime(this.holder.pid) !== this.holder.start) throw new ProvisionError(`clone ${this.hostname} is gone (its holder ended)`);
+    await mkdir(`/proc/${this.holder.pid}/root${path}`, { recursive: true, mode: 0o700 });
   }
 }
 
