@@ -32,9 +32,9 @@
 #include <linux/if.h> /* after net/if.h: IF_OPER_UP, IFF_LOWER_UP */
 #include <poll.h>
 #include <sched.h>
-#include <stdbool.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -489,7 +489,7 @@ static int holder__wait_forwarding(struct holder *h, struct nl *host_watch, stru
 static void holder__shortcut(struct holder *h) {
   struct shortcut_port *ports = sf_array((size_t)h->n, sizeof *ports);
   struct nl host = {.fd = -1};
-  const char *step = "netlink socket";
+  const char *step = ports ? "netlink socket" : "ports";
   int n = 0, rc = ports ? nl__open(&host, 0) : -ENOMEM;
   for (int i = 0; i < h->n && rc == 0; i++) {
     struct clone *c = &h->clones[i];

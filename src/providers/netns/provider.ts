@@ -33,11 +33,11 @@ export const VETH_MTU = 65535;
 
 /**
  * The largest packet a clone's TCP builds for its eth0 on one host (BIG TCP, Linux 6.3 and later;
- * older kernels ignore it): 6 × 64 KiB. At an MTU of 64 KiB every packet already crosses veth,
- * bridge and veth unsegmented, so per-packet work is what is left, and each packet also meets the
- * host's netfilter hooks where br_netfilter is loaded. Loopback does the same work once; larger
- * packets make it rarer. Measured (benchmarks/traffic.ts): peak bandwidth from 0.76 to about 1.2 of
- * Hydra's over loopback. Not for a ticket spanning hosts: those packets would meet the tunnel.
+ * older kernels ignore it): 6 × 64 KiB. At an MTU of 64 KiB every packet already crosses unsegmented,
+ * so per-packet work is what is left (veths, and the bridge with the host's netfilter hooks where
+ * the shortcut between clones does not apply); larger packets make it rarer. Measured
+ * (benchmarks/traffic.ts, before the shortcut): peak bandwidth from 0.76 to 1.21 of Hydra's over
+ * loopback. Not for a ticket spanning hosts: those packets would meet the tunnel.
  */
 export const VETH_GSO_MAX = 6 * 65536;
 
