@@ -12,9 +12,14 @@ import { expect } from 'chai';
 import { execa } from 'execa';
 import { down, hostCommand, up, type SimClusterRecord, type SimHostRecord } from '../../src/hosts/simulated.js';
 import { createOverlay, overlay, peerLines, removeOverlay, vniOf, VXLAN_OVERHEAD, type BatchRunner, type Overlay } from '../../src/hosts/vxlan.js';
+import { removeEmptyTree } from '../helpers/leaks.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-process.env.SNOWFLOCK_STATE_DIR ??= join(tmpdir(), `sfsc-test-${process.pid}`);
+if (process.env.SNOWFLOCK_STATE_DIR === undefined) {
+  // This run's own: gone at exit when nothing is left in it (what is left is a leak to look at).
+  const dir = (process.env.SNOWFLOCK_STATE_DIR = join(tmpdir(), `sfsc-test-${process.pid}`));
+  process.once('exit', () => removeEmptyTree(dir));
+}
 
 describe('vxlan: ticket ids to VNIs', function () {
   it('takes an engine ticket id (6 hex digits) as it is, and never gives VNI 0', function () {
