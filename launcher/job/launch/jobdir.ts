@@ -37,7 +37,11 @@ export async function createJobDirs(clones: Clone[], dir: string): Promise<void>
   const what = `create the job's directory ${dir}`;
   const direct = clones.filter((c) => c.makeDir);
   await Promise.all([
-    ...direct.map((c) => c.makeDir!(dir).catch((e: Error) => Promise.reject(new ProvisionError(`clone ${c.hostname}: cannot ${what}: ${e.message}`)))),
+    ...direct.map((c) =>
+      c.makeDir!(dir).catch((e: Error) => {
+        throw new ProvisionError(`clone ${c.hostname}: cannot ${what}: ${e.message}`);
+      }),
+    ),
     inEveryClone(clones.filter((c) => !c.makeDir), ['mkdir', '-p', '-m', '0700', dir], what),
   ]);
 }
