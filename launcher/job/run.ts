@@ -14,6 +14,7 @@
  */
 import type { Readable, Writable } from 'node:stream';
 import { logger } from '../../src/common/log.js';
+import { writeLine } from '../../src/common/lines.js';
 import type { Checkpoint, CheckpointSource } from '../../src/providers/checkpoint.js';
 import type { Clone } from '../../src/providers/clone.js';
 import type { ProviderChoice } from '../../src/providers/provider.js';
@@ -241,10 +242,11 @@ async function teardown(r: Running, keep: boolean): Promise<void> {
   if (!ticket) return;
   if (r.job.reportFile && r.clones.length) r.memory = await r.engine.memoryFigures?.(ticket).catch(() => null) ?? null;
   if (keep) {
-    r.io.stderr.write(
+    writeLine(
+      r.io.stderr,
       `sfmpirun: kept ticket ${ticket.id} (${ticket.provider}, subnet ${ticket.network.subnet}): ` +
         r.clones.map((c) => `${c.hostname}=${c.address}`).join(' ') +
-        `; run commands with 'snowflock exec ${ticket.id} -- CMD', remove it with 'snowflock down ${ticket.id}'\n`,
+        `; run commands with 'snowflock exec ${ticket.id} -- CMD', remove it with 'snowflock down ${ticket.id}'`,
     );
     return;
   }
@@ -260,9 +262,9 @@ async function finish(r: Running): Promise<number> {
     plan.launch === 'native' && outcomes[0] && !policy.wasStopped
       ? nativeOutcome(outcomes[0], launcher, r.scanner.failure, (rank) => clones[plan.placement[rank] ?? 0]?.hostname ?? '?')
       : policy.verdict();
-  if (verdict.line && !r.io.stderr.destroyed) r.io.stderr.write(verdict.line + '\n');
+  if (verdict.line) writeLine(r.io.stderr, verdict.line);
   const singletons = r.pms?.singletons() ?? [];
-  if (singletons.length && !r.io.stderr.destroyed) r.io.stderr.write(singletonWarning(singletons, (rank) => clones[plan.placement[rank]!]?.hostname ?? '?') + '\n');
+  if (singletons.length) writeLine(r.io.stderr, singletonWarning(singletons, (rank) => clones[plan.placement[rank]!]?.hostname ?? '?'));
   log.info(`phases (ms): ${Object.entries(r.clock.phases).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   if (job.reportFile) {
     const contact = (rank: number): RankContact | Record<string, never> => r.pms?.contactOf(rank, singletons) ?? {};

@@ -4,11 +4,32 @@
  * whole lines. Bytes stay Buffers (binary safe). When a sink is full the source is paused until it
  * drains, so a process that writes 100 MB waits for the terminal instead of filling memory. A
  * partial last line is written when the source ends, or once it grows past maxPendingLine.
+ *
+ * A rank killed mid-line leaves such a partial line on the terminal. The launcher's own lines (the
+ * verdict, warnings) go through writeLine, which starts a fresh line first, so a script that reads
+ * `^sfmpirun: rank 0 ...` finds it at the start of a line whatever a dying rank left.
  */
 import type { Readable, Writable } from 'node:stream';
 
 /** A line without a newline that grows past this is written anyway (binary output with no newlines). */
 const maxPendingLine = 1 << 20;
+
+/** Sinks whose last byte written through this module was not a newline. */
+const midLine = new WeakSet<Writable>();
+
+function noteWritten(sink: Writable, data: Buffer | string): void {
+  if (data.length === 0) return;
+  const last = typeof data === 'string' ? data.charCodeAt(data.length - 1) : data[data.length - 1];
+  if (last === 0x0a) midLine.delete(sink);
+  else midLine.add(sink);
+}
+
+/** Writes `line` and a newline to `sink`, on a line of its own even when forwarded output ended mid-line. */
+export function writeLine(sink: Writable, line: string): void {
+  if (sink.destroyed) return;
+  sink.write(`${midLine.has(sink) ? '\n' : ''}${line}\n`);
+  midLine.delete(sink);
+}
 
 /** Where one stream's lines go: one or more sinks (the terminal, a file, or both), each line after prefix(). */
 export class LineForwarder {
@@ -87,7 +108,11 @@ export class LineForwarder {
   private write(data: Buffer): void {
     let full = false;
     // A closed sink (the reader of a pipe went away) gets nothing more; its owner reports that once.
-    for (const sink of this.sinks) if (!sink.destroyed && !sink.write(data)) full = true;
+    for (const sink of this.sinks) {
+      if (sink.destroyed) continue;
+      noteWritten(sink, data);
+      if (!sink.write(data)) full = true;
+    }
     if (!full) return;
     this.source.pause();
     const full_ = this.sinks.filter((s) => s.writableNeedDrain && !s.destroyed);

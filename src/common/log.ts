@@ -8,6 +8,7 @@
  * pass a winston logger where a Logger is asked for (the tests do).
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
+import { writeLine } from './lines.js';
 
 export interface Logger {
   error(message: string): unknown;
@@ -38,7 +39,7 @@ export function configureLogging(opts: LoggingOptions): void {
 }
 
 function emit(module: string, level: Level, message: string): void {
-  if (LEVELS[level] <= sink.stderrLevel && !process.stderr.destroyed) process.stderr.write(`snowflock: [${module}] ${message}\n`);
+  if (LEVELS[level] <= sink.stderrLevel) writeLine(process.stderr, `snowflock: [${module}] ${message}`);
   if (sink.file !== null) {
     try {
       writeSync(sink.file, JSON.stringify({ level, message, module, timestamp: new Date().toISOString() }) + '\n');

@@ -11,7 +11,7 @@ import { classifyLibraries, detectMpi, neededLibraries, resolveProgram } from '.
 import { callerLayer, isInternal, rankEnv, userEnv } from '../../launcher/job/env.js';
 import { ExitPolicy, statusOf, summaryLine } from '../../launcher/job/exit.js';
 import { expandPattern, JobOutput, linePrefix } from '../../launcher/job/io/output.js';
-import { LineForwarder } from '../../src/common/lines.js';
+import { LineForwarder, writeLine } from '../../src/common/lines.js';
 import { FailureScanner, nativeOutcome } from '../../launcher/job/launch/native.js';
 import { StdinRouter } from '../../launcher/job/io/stdin.js';
 import { parseShimArgs, withoutRshAgent } from '../../launcher/bin/rsh-shim.js';
@@ -89,6 +89,18 @@ describe('sfmpirun parts', () => {
       const f = new LineForwarder(p.stdout, [sink], () => '[7] ');
       await f.done;
       expect(sink.text()).to.equal('[7] one\n[7] two\n[7] three');
+    });
+
+    it("puts the launcher's own line at the start of a line when a rank's output ended mid-line", async () => {
+      const sink = new Collector();
+      writeLine(sink, 'sfmpirun: first');
+      const p = child('printf "whole\\n[c-2] dying mid-li"');
+      await new LineForwarder(p.stdout, [sink], () => null).done;
+      writeLine(sink, 'sfmpirun: rank 0 (clone c-0) called MPI_Abort with errorcode 7');
+      writeLine(sink, 'sfmpirun: next');
+      expect(sink.text()).to.equal(
+        'sfmpirun: first\nwhole\n[c-2] dying mid-li\nsfmpirun: rank 0 (clone c-0) called MPI_Abort with errorcode 7\nsfmpirun: next\n',
+      );
     });
 
     it('passes binary data unchanged, through a slow sink, without loss', async function () {

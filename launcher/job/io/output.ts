@@ -12,7 +12,7 @@
 import { createWriteStream, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { LineForwarder } from '../../../src/common/lines.js';
+import { LineForwarder, writeLine } from '../../../src/common/lines.js';
 
 export type StreamName = 'stdout' | 'stderr';
 
@@ -106,7 +106,7 @@ export class JobOutput {
   private openFile(path: string): Writable {
     mkdirSync(dirname(path), { recursive: true });
     const file = createWriteStream(path);
-    file.on('error', (e) => this.terminal.stderr.write(`sfmpirun: cannot write ${path}: ${e.message}\n`));
+    file.on('error', (e) => writeLine(this.terminal.stderr, `sfmpirun: cannot write ${path}: ${e.message}`));
     this.files.push(file);
     return file;
   }
