@@ -18,14 +18,17 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <limits.h>
 #include <poll.h>
 #include <pmix.h>
+#include <pthread.h>
 #include <pmix_server.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/sf.h"
@@ -40,7 +43,12 @@ struct server {
   struct job job;
   int have_job;
   int pmix_up;
+  /* The one file libpmix leaves in its tmpdir here (the shared topology), or "". */
+  char topology_file[PATH_MAX];
 };
+
+/* How long libpmix may take to deregister the job and finalize before we exit without it. */
+#define STOP_GRACE_S 2
 
 /* ---- start ---- */
 
@@ -87,7 +95,10 @@ static int server__init(struct server *s, const struct pm_hello *hello) {
   /* Lets libpmix take a non-loopback interface: it stops at loopback otherwise. */
   PMIX_INFO_LOAD(&info[n++], PMIX_SERVER_REMOTE_CONNECTIONS, &yes, PMIX_BOOL);
   PMIX_INFO_LOAD(&info[n++], PMIX_TCP_DISABLE_IPV6, &yes, PMIX_BOOL);
-  if (hello->share_topology) PMIX_INFO_LOAD(&info[n++], PMIX_SERVER_SHARE_TOPOLOGY, &yes, PMIX_BOOL);
+  if (hello->share_topology) {
+    PMIX_INFO_LOAD(&info[n++], PMIX_SERVER_SHARE_TOPOLOGY, &yes, PMIX_BOOL);
+    snprintf(s->topology_file, sizeof s->topology_file, "%s/hwloc.sm", hello->tmpdir); /* libpmix's name for it */
+  }
   if (hello->tmpdir[0]) {
     PMIX_INFO_LOAD(&info[n++], PMIX_SERVER_TMPDIR, hello->tmpdir, PMIX_STRING);
     PMIX_INFO_LOAD(&info[n++], PMIX_SYSTEM_TMPDIR, hello->tmpdir, PMIX_STRING);
@@ -239,12 +250,54 @@ static int serve(struct server *s, int sigfd) {
   }
 }
 
-static void server__stop(struct server *s) {
+/*
+ * libpmix 4.2 can hang in its own shutdown: a client that dies in the middle of its connection
+ * handshake takes libpmix's connection handler down an error path that releases the rank's
+ * record once too often ("UNREACHABLE in ptl_base_connection_hdlr.c"), and the deregistration
+ * that walks the ranks later blocks for good on a lock in freed memory. The job's outcome is
+ * known by then, so when shutdown takes longer than STOP_GRACE_S this thread removes what
+ * libpmix would have removed and exits with the server's status.
+ */
+struct stop_watch {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done;
+  int status;
+  const char *topology_file;
+};
+
+static void *stop__watch(void *arg) {
+  struct stop_watch *w = arg;
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += STOP_GRACE_S;
+  pthread_mutex_lock(&w->mu);
+  int rc = 0;
+  while (!w->done && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&w->cv, &w->mu, &deadline);
+  int done = w->done;
+  pthread_mutex_unlock(&w->mu);
+  if (done) return NULL;
+  if (w->topology_file[0]) unlink(w->topology_file);
+  sf_err(0, "libpmix did not finish its shutdown in %d s (it can hang after a client died while connecting); exiting without it", STOP_GRACE_S);
+  _exit(w->status);
+}
+
+/* Fails waiting fences, deregisters the job and finalizes libpmix, in at most STOP_GRACE_S. */
+static void server__stop(struct server *s, int status) {
+  struct stop_watch w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, status, s->topology_file};
+  pthread_t watcher;
+  int watching = s->pmix_up && !pthread_create(&watcher, NULL, stop__watch, &w);
   upcalls__fail_pending();
   if (s->have_job) job__deregister(&s->job);
   if (s->pmix_up) PMIx_server_finalize();
   upcalls__set_job(NULL);
   if (s->have_job) job__free(&s->job);
+  if (!watching) return;
+  pthread_mutex_lock(&w.mu);
+  w.done = 1;
+  pthread_cond_signal(&w.cv);
+  pthread_mutex_unlock(&w.mu);
+  pthread_join(watcher, NULL);
 }
 
 /* ---- modes ---- */
@@ -292,6 +345,6 @@ int main(int argc, char **argv) {
   int status = rc ? 1 : 0;
   if (!rc && server__ready(&s)) status = 1;
   if (!status) status = serve(&s, sigfd);
-  server__stop(&s);
+  server__stop(&s, status);
   return status;
 }
