@@ -31,16 +31,16 @@ describe('teardown waves', () => {
 
   it('processes, namespaces, table and bridge at once; then veths (with their namespaces), files, dirs; the reaper last', () => {
     expect(names(teardownWaves(netnsTicket(), veth))).to.deep.equal([
-      [['c2', 'c1', 'c0', 'sfbr'], ['holder of c2', 'holder of c1', 'holder of c0'], ['sf_t']],
+      [['c2', 'c1', 'c0'], ['holder of c2', 'holder of c1', 'holder of c0'], ['sf_t'], ['sfbr']],
       [['sfv2', 'sfv1', 'sfv0'], ['/state/subnets/10.0.0.0'], ['/state/t.d']],
       [['reaper']],
     ]);
   });
 
-  it(`deletes up to ${EXPLICIT_VETHS} veths right away, with the namespaces and the bridge`, () => {
+  it(`deletes up to ${EXPLICIT_VETHS} veths right away, with the namespaces, beside the bridge`, () => {
     const record = netnsTicket().filter((r) => !('name' in r && /2$/.test(r.name)) && !(r.kind === 'process' && r.what.endsWith('c2')));
     expect(names(teardownWaves(record, veth))).to.deep.equal([
-      [['c1', 'c0', 'sfv1', 'sfv0', 'sfbr'], ['holder of c1', 'holder of c0'], ['sf_t']],
+      [['c1', 'c0', 'sfv1', 'sfv0'], ['holder of c1', 'holder of c0'], ['sf_t'], ['sfbr']],
       [['/state/subnets/10.0.0.0'], ['/state/t.d']],
       [['reaper']],
     ]);
