@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { UsageError } from '../common/errors.js';
 import { peerLines, tunnelLines, vniOf } from '../hosts/vxlan.js';
 import type { Ledger } from '../ticket/ledger.js';
-import { bridgeName, tableName, vxlanName } from '../ticket/names.js';
+import { bridgeName, linkGroup, tableName, vxlanName } from '../ticket/names.js';
 import { openExclusive } from '../ticket/record.js';
 import type { Resource } from '../ticket/resources.js';
 import { ClaimClash, type TicketSpan } from '../ticket/ticket.js';
@@ -93,13 +93,14 @@ export async function usedSubnets(pool: Pool, claimsDir: string): Promise<string
 /** Creates the bridge with the gateway address, and the isolation table. */
 export async function createNetwork(net: TicketNetwork, ledger: Ledger): Promise<void> {
   if (net.vxlan) return createSpanNetwork(net, net.vxlan, ledger);
-  await ledger.add({ kind: 'link', name: net.bridge }, { kind: 'nft-table', family: 'inet', name: net.table });
+  const group = linkGroup(ledger.ticket.id);
+  await ledger.add({ kind: 'link', name: net.bridge, group }, { kind: 'nft-table', family: 'inet', name: net.table });
   // Both at once: the rules name the bridge by name, so it need not exist yet. Until both are done,
   // no clone is attached, so there is no moment of missing isolation.
   await Promise.all([
     // Multicast snooping off: multicast between clones then works without a querier.
     ipBatch([
-      `link add ${net.bridge} type bridge mcast_snooping 0`,
+      `link add ${net.bridge} group ${group} type bridge mcast_snooping 0`,
       `addr add ${net.gateway}/${net.prefixLength} dev ${net.bridge}`,
       `link set ${net.bridge} up`,
     ]),
@@ -115,10 +116,11 @@ export async function createNetwork(net: TicketNetwork, ledger: Ledger): Promise
  */
 async function createSpanNetwork(net: TicketNetwork, vx: NonNullable<TicketNetwork['vxlan']>, ledger: Ledger): Promise<void> {
   const mtu = net.mtu!;
-  await ledger.add({ kind: 'link', name: net.bridge }, { kind: 'nft-table', family: 'inet', name: net.table });
+  const group = linkGroup(ledger.ticket.id);
+  await ledger.add({ kind: 'link', name: net.bridge, group }, { kind: 'nft-table', family: 'inet', name: net.table });
   await Promise.all([
     ipBatch([
-      `link add ${net.bridge} mtu ${mtu} type bridge mcast_snooping 0`,
+      `link add ${net.bridge} group ${group} mtu ${mtu} type bridge mcast_snooping 0`,
       `addr add ${net.gateway}/${net.prefixLength} dev ${net.bridge}`,
       `link set ${net.bridge} up`,
     ]),

@@ -14,6 +14,15 @@ export const tapName = (ticketId: string, clone: number): string => `sf${ticketI
 /** Hostname of clone i, also the name of its network namespace (ip netns exec works with it). */
 export const cloneName = (ticketId: string, clone: number): string => `sf${ticketId}-${clone}`;
 
+/**
+ * The device group of the ticket's bridge and the host ends of its veths, so that teardown
+ * deletes them all with one `ip link del group`: one batch in the kernel, one wait for RCU grace
+ * periods, where deleting them by name waits once per device. High in the 32-bit range, away from
+ * the small numbers an administrator would give groups (/etc/iproute2/group); the ticket id makes
+ * it the ticket's own.
+ */
+export const linkGroup = (ticketId: string): number => 0x5f000000 + parseInt(ticketId, 16);
+
 /** The host, as the ticket's clones know it (in their /etc/hosts). */
 export const gatewayHostname = (ticketId: string): string => `sf${ticketId}-host`;
 

@@ -9,7 +9,8 @@ import type { CloneInfo } from '../providers/clone.js';
 export type Resource =
   | { kind: 'process'; pid: number; /** /proc/PID/stat starttime, guards against PID reuse */ start: number; what: string }
   | { kind: 'netns'; name: string }
-  | { kind: 'link'; name: string }
+  /** group: the ticket's device group (names.ts linkGroup), when the link was created in it. */
+  | { kind: 'link'; name: string; group?: number }
   | { kind: 'nft-table'; family: 'inet'; name: string }
   | { kind: 'file'; path: string }
   | { kind: 'dir'; path: string }

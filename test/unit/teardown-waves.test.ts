@@ -4,7 +4,7 @@
  */
 import { expect } from 'chai';
 import type { Resource } from '../../src/ticket/resources.js';
-import { EXPLICIT_VETHS, teardownWaves } from '../../src/ticket/teardown.js';
+import { EXPLICIT_VETHS, ipLines, teardownWaves } from '../../src/ticket/teardown.js';
 
 const names = (waves: Resource[][][]) =>
   waves.map((w) => w.map((run) => run.map((r) => ('name' in r ? r.name : 'path' in r ? r.path : r.what))));
@@ -44,6 +44,22 @@ describe('teardown waves', () => {
       [['/state/subnets/10.0.0.0'], ['/state/t.d']],
       [['reaper']],
     ]);
+  });
+
+  it('deletes the device group (bridge and veths) first, then its namespaces, all in wave 1', () => {
+    const group = 0x5f000001;
+    const record = netnsTicket().map((r) => (r.kind === 'link' ? { ...r, group } : r));
+    const waves = teardownWaves(record, () => {
+      throw new Error('a grouped link needs no look at /sys');
+    });
+    expect(names(waves)).to.deep.equal([
+      [['c2', 'c1', 'c0', 'sfv2', 'sfv1', 'sfv0', 'sfbr'], ['holder of c2', 'holder of c1', 'holder of c0'], ['sf_t']],
+      [['/state/subnets/10.0.0.0'], ['/state/t.d']],
+      [['reaper']],
+    ]);
+    const { lines, lineOf } = ipLines(waves[0]![0]!);
+    expect(lines).to.deep.equal([`link del group ${group}`, 'netns delete c2', 'netns delete c1', 'netns delete c0']);
+    expect(lineOf).to.deep.equal([1, 2, 3, 0, 0, 0, 0]);
   });
 
   it('names every resource exactly once', () => {

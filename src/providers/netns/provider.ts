@@ -12,7 +12,7 @@ import { timed, type Logger } from '../../common/log.js';
 import { isRunning, startTime, type ProcessIdentity } from '../../common/processes.js';
 import { CommandError, ipBatch } from '../../network/ip.js';
 import { cloneAddress } from '../../network/pool.js';
-import { cloneMac, cloneName, gatewayHostname, vethName } from '../../ticket/names.js';
+import { cloneMac, cloneName, gatewayHostname, linkGroup, vethName } from '../../ticket/names.js';
 import type { Resource } from '../../ticket/resources.js';
 import type { Ticket } from '../../ticket/ticket.js';
 import type { Checkpoint, CheckpointSource } from '../checkpoint.js';
@@ -91,9 +91,10 @@ export class NetnsProvider implements Provider<NetnsCheckpointDetail> {
     const everyClone = Array.from({ length: ticket.granted }, (_, i) => info(i));
     // A ticket spanning hosts: both ends of each veth take the tunnel's MTU; on one host, the largest.
     const mtu = net.mtu ?? VETH_MTU;
-    // The veths are recorded first so that teardown reaches them last: they vanish with their
-    // namespaces, all at once, which is much faster than deleting them one by one.
-    await ledger.add(...infos.map((c): Resource => ({ kind: 'link', name: vethName(ticket.id, c.id) })));
+    // The host ends of the veths are in the ticket's device group, with its bridge: teardown
+    // deletes them all in one kernel batch (names.ts linkGroup).
+    const group = linkGroup(ticket.id);
+    await ledger.add(...infos.map((c): Resource => ({ kind: 'link', name: vethName(ticket.id, c.id), group })));
 
     // Inside the ticket's directory, which is recorded and goes with it.
     const hostsFile = join(ledger.dir, 'hosts');
@@ -125,7 +126,7 @@ export class NetnsProvider implements Provider<NetnsCheckpointDetail> {
         ipBatch(
           infos.flatMap((c, i) => [
             `netns attach ${c.hostname} ${holders[i]!.pid}`,
-            `link add ${vethName(ticket.id, c.id)} mtu ${mtu} master ${net.bridge} up type veth peer name eth0 mtu ${mtu} address ${c.mac} netns ${c.hostname}`,
+            `link add ${vethName(ticket.id, c.id)} group ${group} mtu ${mtu} master ${net.bridge} up type veth peer name eth0 mtu ${mtu} address ${c.mac} netns ${c.hostname}`,
           ]),
         ),
       );
