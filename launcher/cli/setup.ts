@@ -8,7 +8,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline/promises';
-import { execa } from 'execa';
+import { runCommand } from '../../src/common/command.js';
 import { settings } from '../../src/common/config.js';
 import { HostError, UsageError } from '../../src/common/errors.js';
 import { projectRoot } from '../../src/common/paths.js';
@@ -40,7 +40,7 @@ export function readPackageList(root: string = projectRoot()): string[] {
 /** Those of `packages` dpkg does not have installed (one dpkg-query for all of them). */
 export async function missingPackages(packages: string[]): Promise<string[]> {
   // Unknown names make dpkg-query exit 1 and print nothing for them: they are missing.
-  const r = await execa('dpkg-query', ['-W', '-f=${Package} ${Status}\\n', ...packages], { reject: false });
+  const r = await runCommand('dpkg-query', ['-W', '-f=${Package} ${Status}\\n', ...packages], { reject: false });
   const installed = new Set(
     r.stdout
       .split('\n')
@@ -74,7 +74,7 @@ async function ask(question: string): Promise<boolean> {
 
 /** Runs apt-get with its output shown (the user watches a long install), failing with one line. */
 async function aptGet(args: string[]): Promise<void> {
-  const r = await execa('apt-get', args, { stdio: 'inherit', reject: false, env: { DEBIAN_FRONTEND: 'noninteractive' } });
+  const r = await runCommand('apt-get', args, { stdio: 'inherit', reject: false, env: { DEBIAN_FRONTEND: 'noninteractive' } });
   if (r.exitCode !== 0) throw new HostError(`apt-get ${args[0]} failed (exit ${r.exitCode})`, "see apt's messages above, fix what they say, and run snowflock setup again");
 }
 
@@ -84,7 +84,7 @@ async function aptGet(args: string[]): Promise<void> {
  */
 async function disablePackagedGanesha(): Promise<void> {
   if (!existsSync('/run/systemd/system') || !findInPath('systemctl')) return;
-  await execa('systemctl', ['disable', '--now', 'nfs-ganesha.service'], { reject: false });
+  await runCommand('systemctl', ['disable', '--now', 'nfs-ganesha.service'], { reject: false });
 }
 
 /** The kernel, fetched; apt's lists are refreshed once when the cloud kernel cannot be found. */

@@ -4,7 +4,7 @@
  */
 import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { settings } from '../common/config.js';
 import { HostError } from '../common/errors.js';
 import { isSourceCheckout, projectRoot } from '../common/paths.js';
@@ -179,9 +179,9 @@ function guestKernelCached(): CheckResult {
 }
 
 async function commandWorks(name: string, argv: string[], fix: string, required: boolean): Promise<CheckResult> {
-  const r = await execa(argv[0]!, argv.slice(1), { reject: false, timeout: 10_000 });
+  const r = await runCommand(argv[0]!, argv.slice(1), { reject: false, timeout: 10_000 });
   const ok = r.exitCode === 0;
-  return { name, ok, detail: ok ? argv.join(' ') + ': ok' : firstLine(r.stderr || String(r.message ?? r.exitCode)), fix: ok ? '' : fix, required };
+  return { name, ok, detail: ok ? argv.join(' ') + ': ok' : firstLine(r.stderr || (r.timedOut ? "timed out" : String(r.signal ?? r.exitCode))), fix: ok ? '' : fix, required };
 }
 
 const firstLine = (text: string): string => text.split('\n')[0] ?? '';

@@ -23,7 +23,7 @@ import { connect, type Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { isUserError } from '../common/errors.js';
 import type { Engine } from '../engine.js';
 import type { Checkpoint } from '../providers/checkpoint.js';
@@ -273,7 +273,7 @@ async function connectRetrying(host: string, port: number, deadline: number): Pr
 /** This host's underlay as its connection to the coordinator shows it. */
 async function hostFacts(socket: Socket): Promise<HostFacts> {
   const address = socket.localAddress?.replace(/^::ffff:/, '') ?? '';
-  const route = await execa('ip', ['-j', 'route', 'get', socket.remoteAddress!.replace(/^::ffff:/, '')], { reject: false });
+  const route = await runCommand('ip', ['-j', 'route', 'get', socket.remoteAddress!.replace(/^::ffff:/, '')], { reject: false });
   const dev = (JSON.parse(route.stdout || '[]') as Array<{ dev?: string }>)[0]?.dev ?? '';
   let mtu = 1500;
   try {

@@ -26,7 +26,7 @@
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import type { Writable } from 'node:stream';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { ProvisionError, UsageError } from '../common/errors.js';
 import { logger, timed } from '../common/log.js';
 import type { Engine, TicketResources } from '../engine.js';
@@ -513,7 +513,7 @@ export class ClusterEngine {
 
 /** The device and MTU of this host's route to an address. */
 async function routeDev(to: string): Promise<{ dev: string; mtu: number }> {
-  const r = await execa('ip', ['-j', 'route', 'get', to], { reject: false });
+  const r = await runCommand('ip', ['-j', 'route', 'get', to], { reject: false });
   const dev = (JSON.parse(r.stdout || '[]') as Array<{ dev?: string }>)[0]?.dev;
   if (!dev) throw new ProvisionError(`no route from this host to ${to}`);
   let mtu = 1500;

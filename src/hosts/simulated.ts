@@ -20,7 +20,7 @@ import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rm
 import { connect, createServer } from 'node:net';
 import { hostname, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { projectRoot } from '../common/paths.js';
 import { ClusterStore, isFull, type SimClusterRecord, type SimHostRecord } from './cluster-record.js';
 import { identify, isRunning, killAll, mentioning, waitGone, withDescendants, type ProcessIdentity } from '../common/processes.js';
@@ -120,8 +120,8 @@ async function ipBatch(lines: string[], netnsOf?: number, force = false): Promis
   const args = [...(force ? ['-force'] : []), '-batch', '-'];
   const r =
     netnsOf === undefined
-      ? await execa('ip', args, { input: lines.join('\n') + '\n', reject: false })
-      : await execa('nsenter', [`--net=/proc/${netnsOf}/ns/net`, 'ip', ...args], { input: lines.join('\n') + '\n', reject: false });
+      ? await runCommand('ip', args, { input: lines.join('\n') + '\n', reject: false })
+      : await runCommand('nsenter', [`--net=/proc/${netnsOf}/ns/net`, 'ip', ...args], { input: lines.join('\n') + '\n', reject: false });
   if (r.exitCode !== 0 && !force) throw new Error(`ip -batch failed: ${r.stderr.trim().split('\n').slice(0, 3).join('; ')}`);
 }
 
@@ -242,7 +242,7 @@ function forwarding(h: SimHostRecord): boolean {
 
 /** Node states as sinfo sees them ("idle", "unknown*", ...), by node name. */
 export async function nodeStates(rec: Pick<SimClusterRecord, 'slurmConf'>): Promise<Map<string, string>> {
-  const r = await execa('sinfo', ['-h', '-N', '-o', '%N %T'], { env: { SLURM_CONF: rec.slurmConf }, reject: false, timeout: 10_000 });
+  const r = await runCommand('sinfo', ['-h', '-N', '-o', '%N %T'], { env: { SLURM_CONF: rec.slurmConf }, reject: false, timeout: 10_000 });
   const states = new Map<string, string>();
   if (r.exitCode !== 0) return states;
   for (const line of r.stdout.split('\n')) {
@@ -271,7 +271,7 @@ async function create(c: Creation, p: Plan): Promise<void> {
 
   for (const d of [rec.dir, join(rec.dir, 'munge'), join(rec.dir, 'ctld'), ...rec.hosts.map((h) => join(rec.dir, 'nodes', h.name, 'spool'))]) mkdirOpen(d);
   const keyFile = join(rec.dir, 'munge', 'munge.key');
-  await execa('mungekey', ['--create', `--keyfile=${keyFile}`]);
+  await runCommand('mungekey', ['--create', `--keyfile=${keyFile}`]);
   const layout = {
     clusterName: rec.name,
     controlHost: rec.controlHost,

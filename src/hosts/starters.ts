@@ -13,7 +13,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { lookup } from 'node:dns/promises';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { onLifeline } from '../common/lifeline.js';
 import { projectRoot } from '../common/paths.js';
 import { shellQuote } from '../common/shell.js';
@@ -56,7 +56,7 @@ function settingsEnv(): string[] {
 
 /** This host's address on the route toward `to` (its source address). */
 export async function addressToward(to: string): Promise<string> {
-  const r = await execa('ip', ['-j', 'route', 'get', to], { reject: false });
+  const r = await runCommand('ip', ['-j', 'route', 'get', to], { reject: false });
   const src = (JSON.parse(r.stdout || '[]') as Array<{ prefsrc?: string }>)[0]?.prefsrc;
   if (!src) throw new ProvisionError(`this host has no route to ${to}: ${r.stderr.trim() || 'no source address'}`);
   return src;
@@ -110,7 +110,7 @@ export function srunStarter(nativeDir: string): AgentStarter {
   return {
     how: 'srun',
     async connectAddress(hosts) {
-      const r = await execa('scontrol', ['show', 'node', '-o', hosts[0]!], { reject: false });
+      const r = await runCommand('scontrol', ['show', 'node', '-o', hosts[0]!], { reject: false });
       const addr = /NodeAddr=(\S+)/.exec(r.stdout)?.[1];
       if (!addr) throw new ProvisionError(`scontrol does not know node ${hosts[0]} of this allocation: ${r.stderr.trim() || 'no NodeAddr'}`);
       return addressToward(/^\d+\.\d+\.\d+\.\d+$/.test(addr) ? addr : (await lookup(addr, { family: 4 })).address);

@@ -13,7 +13,7 @@
  * a segment: the kernel refuses a second device with the same VNI on one host (EEXIST), which
  * tells a launcher to pick another id.
  */
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 
 /** Outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 bytes: clones' MTU is this much below the underlay's. */
 export const VXLAN_OVERHEAD = 50;
@@ -101,7 +101,7 @@ export function removeLines(o: Pick<Overlay, 'bridge' | 'vxlan'>): string[] {
 export type BatchRunner = (tool: 'ip' | 'bridge', args: string[], input: string) => Promise<void>;
 
 export const runHere: BatchRunner = async (tool, args, input) => {
-  const r = await execa(tool, args, { input, reject: false });
+  const r = await runCommand(tool, args, { input, reject: false });
   if (r.exitCode !== 0) throw new Error(`${tool} ${args.join(' ')}: ${r.stderr.trim().split('\n').slice(0, 3).join('; ') || `exit ${r.exitCode}`}`);
 };
 

@@ -9,7 +9,7 @@
  */
 import { closeSync, existsSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { UsageError } from '../common/errors.js';
 import type { MpiRuntime } from '../providers/checkpoint.js';
 import { isPython, pythonLayout, stdlibEntries } from './python.js';
@@ -69,7 +69,7 @@ export function isElf(path: string): boolean {
 
 /** The libraries ldd resolves for `file`, and the names it cannot find. */
 export async function lddLibraries(file: string): Promise<{ libs: string[]; missing: string[] }> {
-  const r = await execa('ldd', [file], { reject: false, env: { LC_ALL: 'C' } });
+  const r = await runCommand('ldd', [file], { reject: false, env: { LC_ALL: 'C' } });
   const libs: string[] = [];
   const missing: string[] = [];
   const text = `${r.stdout ?? ''}`;

@@ -13,7 +13,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { HostError } from '../common/errors.js';
 import { logger, timed, type Logger } from '../common/log.js';
 import { cacheDir, contentKey } from './cache.js';
@@ -71,7 +71,7 @@ async function composeTree(src: ImageSource, kernel: GuestKernel): Promise<Guest
 
   // busybox applets as links next to busybox, where they do not shadow a real program.
   const bbDir = dirname(realpathSync(BUSYBOX));
-  const applets = (await execa(BUSYBOX, ['--list'])).stdout.split('\n').filter(Boolean);
+  const applets = (await runCommand(BUSYBOX, ['--list'])).stdout.split('\n').filter(Boolean);
   for (const a of applets) for (const d of [bbDir, '/usr/sbin']) if (!t.has(join(d, a))) t.symlink(join(d, a), join(bbDir, 'busybox'));
   if (!t.has('/bin')) t.symlink('/bin', 'usr/bin');
   if (!t.has('/sbin')) t.symlink('/sbin', 'usr/sbin');

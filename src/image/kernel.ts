@@ -5,7 +5,7 @@
  */
 import { existsSync, readdirSync, rmSync, mkdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { settings } from '../common/config.js';
 import { HostError } from '../common/errors.js';
 import { cacheDir } from './cache.js';
@@ -39,7 +39,7 @@ const META_PACKAGE = 'linux-image-cloud-amd64';
 
 /** The cloud kernel version Debian currently ships (e.g. 6.1.0-56-cloud-amd64), via apt-cache. */
 async function currentVersion(): Promise<string> {
-  const r = await execa('apt-cache', ['depends', META_PACKAGE], { reject: false });
+  const r = await runCommand('apt-cache', ['depends', META_PACKAGE], { reject: false });
   const m = /Depends: linux-image-(\S+-cloud-amd64)/.exec(r.stdout ?? '');
   if (r.failed || !m) {
     throw new HostError(
@@ -84,7 +84,7 @@ export async function guestKernel(opts: { refresh?: boolean } = {}): Promise<Gue
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
   try {
-    const dl = await execa('apt-get', ['download', `linux-image-${version}`], { cwd: tmp, reject: false });
+    const dl = await runCommand('apt-get', ['download', `linux-image-${version}`], { cwd: tmp, reject: false });
     const deb = readdirSync(tmp).find((f) => f.endsWith('.deb'));
     if (!deb) {
       throw new HostError(
@@ -92,7 +92,7 @@ export async function guestKernel(opts: { refresh?: boolean } = {}): Promise<Gue
         'check the network and run `apt-get update`',
       );
     }
-    await execa('dpkg-deb', ['-x', join(tmp, deb), join(tmp, 'x')]);
+    await runCommand('dpkg-deb', ['-x', join(tmp, deb), join(tmp, 'x')]);
     rmSync(dir, { recursive: true, force: true });
     renameSync(join(tmp, 'x'), dir);
   } finally {

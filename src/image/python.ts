@@ -10,7 +10,7 @@
  */
 import { readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { readHead } from './scripts.js';
 
 export function isPython(program: string): boolean {
@@ -66,7 +66,7 @@ print(json.dumps({"stdlib": sysconfig.get_paths()["stdlib"], "modules": out}))
 
 /** Asks the interpreter where its standard library and the given modules are. */
 export async function pythonLayout(interpreter: string, modules: string[], env?: Record<string, string>): Promise<PythonLayout | null> {
-  const r = await execa(interpreter, ['-c', LAYOUT_SCRIPT, ...modules], { reject: false, env, extendEnv: !env, timeout: 20_000 });
+  const r = await runCommand(interpreter, ['-c', LAYOUT_SCRIPT, ...modules], { reject: false, env, extendEnv: !env, timeout: 20_000 });
   if (r.exitCode !== 0) return null;
   try {
     return JSON.parse(String(r.stdout)) as PythonLayout;

@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { HostError } from '../common/errors.js';
 import { cacheDir } from './cache.js';
 
@@ -21,7 +21,7 @@ export interface SshKeys {
 }
 
 async function publicLine(dropbearKey: string): Promise<string> {
-  const r = await execa('dropbearkey', ['-y', '-f', dropbearKey]);
+  const r = await runCommand('dropbearkey', ['-y', '-f', dropbearKey]);
   const line = r.stdout.split('\n').find((l) => l.startsWith('ssh-ed25519 '));
   if (!line) throw new Error(`dropbearkey -y printed no ed25519 public key for ${dropbearKey}`);
   return line.split(' ').slice(0, 2).join(' ') + ' snowflock';
@@ -30,7 +30,7 @@ async function publicLine(dropbearKey: string): Promise<string> {
 async function makeKey(path: string): Promise<void> {
   rmSync(path, { force: true });
   try {
-    await execa('dropbearkey', ['-t', 'ed25519', '-f', path]);
+    await runCommand('dropbearkey', ['-t', 'ed25519', '-f', path]);
   } catch {
     throw new HostError('cannot run dropbearkey', 'install the Debian package dropbear-bin (npm run setup does)');
   }
@@ -49,7 +49,7 @@ export async function sshKeys(): Promise<SshKeys> {
     await makeKey(keys.hostKey);
     await makeKey(clientDropbear);
     rmSync(keys.clientKey, { force: true });
-    await execa('dropbearconvert', ['dropbear', 'openssh', clientDropbear, keys.clientKey]);
+    await runCommand('dropbearconvert', ['dropbear', 'openssh', clientDropbear, keys.clientKey]);
     writeFileSync(keys.hostPublic, (await publicLine(keys.hostKey)) + '\n');
     writeFileSync(keys.clientPublic, (await publicLine(clientDropbear)) + '\n', { mode: 0o644 });
     rmSync(clientDropbear);

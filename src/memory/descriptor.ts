@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { ProvisionError } from '../common/errors.js';
 import { nativeProgram } from './helper.js';
 
@@ -154,7 +154,7 @@ export async function buildDescriptor(nativeDir: string, t: TemplateFiles, o: Bu
   const granule = o.granuleSize ?? GRANULE;
   const out = o.out ?? descriptorPath(t.dir, granule);
   const args = ['build', '--ram', t.ram, '--state', t.state, '--key', t.key, '--granule', String(granule), '--out', out, ...(o.punch ? ['--punch'] : [])];
-  const r = await execa(nativeProgram(nativeDir, 'memdesc'), args, { reject: false });
+  const r = await runCommand(nativeProgram(nativeDir, 'memdesc'), args, { reject: false });
   if (r.exitCode !== 0) throw new ProvisionError(r.stderr.trim().split('\n').pop()?.replace(/^memdesc: /, '') || `memdesc failed (exit ${r.exitCode})`);
   const info = JSON.parse(r.stdout.trim().split('\n').pop()!) as { punchedBytes?: number };
   return { descriptor: readDescriptor(out), punchedBytes: info.punchedBytes ?? 0 };

@@ -23,7 +23,7 @@ import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { startTime } from '../common/processes.js';
 import type { SimulatedHost } from './place.js';
 
@@ -33,7 +33,7 @@ export interface TestHost extends SimulatedHost {
   /** Its veth's end on the machine's bridge. */
   link: string;
   /** Runs a shell script on the host (all its namespaces). */
-  sh(script: string): Promise<{ exitCode: number | undefined; stdout: string; stderr: string }>;
+  sh(script: string): Promise<{ exitCode: number | null; stdout: string; stderr: string }>;
   /** The host's mount table, as its processes see it. */
   mounts(): string;
 }
@@ -94,7 +94,7 @@ export async function createTestbed(o: TestbedOptions): Promise<Testbed> {
   const destroy = async () => {
     // The underlay links first, while their namespaces live: a namespace whose last process is
     // gone is freed later by the kernel, and its veth pairs with it (a leftover for a moment).
-    for (const i of o.names.keys()) await execa('ip', ['link', 'del', `${o.prefix}${id}h${i}`], { reject: false });
+    for (const i of o.names.keys()) await runCommand('ip', ['link', 'del', `${o.prefix}${id}h${i}`], { reject: false });
     await Promise.all(
       holders.map(async (h) => {
         if (h.child.exitCode !== null || h.child.signalCode !== null) return;
@@ -105,23 +105,23 @@ export async function createTestbed(o: TestbedOptions): Promise<Testbed> {
         clearTimeout(t);
       }),
     );
-    await execa('ip', ['link', 'del', bridge], { reject: false });
+    await runCommand('ip', ['link', 'del', bridge], { reject: false });
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    await execa('ip', ['link', 'add', bridge, 'type', 'bridge']);
-    await execa('ip', ['link', 'set', bridge, 'up']);
+    await runCommand('ip', ['link', 'add', bridge, 'type', 'bridge']);
+    await runCommand('ip', ['link', 'set', bridge, 'up']);
     for (const [i, short] of o.names.entries()) {
       const name = `${o.prefix}${id}-${short}`;
       const { holder, pid, start } = await startHost(name);
       holders.push(holder);
       const link = `${o.prefix}${id}h${i}`;
       const address = `${o.net}.${i + 1}`;
-      await execa('ip', ['link', 'add', link, 'type', 'veth', 'peer', 'name', `${link}x`, 'netns', String(pid)]);
-      await execa('ip', ['link', 'set', link, 'master', bridge, 'up']);
+      await runCommand('ip', ['link', 'add', link, 'type', 'veth', 'peer', 'name', `${link}x`, 'netns', String(pid)]);
+      await runCommand('ip', ['link', 'set', link, 'master', bridge, 'up']);
       const enter = ['nsenter', '-t', String(pid), '-n', '-m', '-u', '-i', '--'];
       const sh = async (script: string) => {
-        const r = await execa(enter[0]!, [...enter.slice(1), 'sh', '-c', script], { reject: false });
+        const r = await runCommand(enter[0]!, [...enter.slice(1), 'sh', '-c', script], { reject: false });
         return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
       };
       const r = await sh(`ip link set ${link}x name eth0 && ip addr add ${address}/24 dev eth0 && ip link set eth0 up && ip link set lo up`);
@@ -154,7 +154,7 @@ export async function createTestbed(o: TestbedOptions): Promise<Testbed> {
         }
       },
       linkUp: async (h, up) => {
-        await execa('ip', ['link', 'set', h.link, up ? 'up' : 'down']);
+        await runCommand('ip', ['link', 'set', h.link, up ? 'up' : 'down']);
       },
     };
   } catch (e) {

@@ -20,7 +20,7 @@ import { ClaimClash, type TicketSpan } from '../ticket/ticket.js';
 import { createTable, spanScript } from './firewall.js';
 import { hostPrefixes, isUsed } from './hostroutes.js';
 import { ipBatch, nftScript } from './ip.js';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { addressAt, gatewayOf, SUBNET_PREFIX, subnets, type Pool } from './pool.js';
 
 /** The private network of one ticket: one bridge, one subnet, isolated by its own nftables table. */
@@ -140,7 +140,7 @@ async function createSpanNetwork(net: TicketNetwork, vx: NonNullable<TicketNetwo
     throw e;
   }
   if (vx.peers.length > 0) {
-    const r = await execa('bridge', ['-batch', '-'], { input: peerLines(overlay, vx.peers).join('\n') + '\n', reject: false, detached: true });
+    const r = await runCommand('bridge', ['-batch', '-'], { input: peerLines(overlay, vx.peers).join('\n') + '\n', reject: false, detached: true });
     if (r.exitCode !== 0) throw new Error(`bridge fdb for ${vx.name}: ${r.stderr.trim()}`);
   }
 }

@@ -26,7 +26,7 @@ import { readFile, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { logger } from '../common/log.js';
 import { isRunning, killAndWait } from '../common/processes.js';
-import { execa } from 'execa';
+import { runCommand } from '../common/command.js';
 import { ipBatch, nft } from '../network/ip.js';
 import { describe, type Resource } from './resources.js';
 
@@ -196,7 +196,7 @@ async function removeOne(r: Resource, ctx: TeardownContext): Promise<boolean> {
 async function unmountLazily(r: Extract<Resource, { kind: 'mount' }>): Promise<boolean> {
   if (r.ns && !isRunning(r.ns)) return false;
   const enter = r.ns ? ['nsenter', `--mount=/proc/${r.ns.pid}/ns/mnt`, '--'] : [];
-  const run = (argv: string[]) => execa(argv[0]!, argv.slice(1), { reject: false, timeout: 10_000 });
+  const run = (argv: string[]) => runCommand(argv[0]!, argv.slice(1), { reject: false, timeout: 10_000 });
   const u = await run([...enter, 'umount', '-l', r.path]);
   const notMounted = /not mounted|no mount point|not found|No such file/i.test(u.stderr);
   if (u.exitCode !== 0 && !notMounted) throw new Error(u.stderr.trim() || `umount exited with ${u.exitCode}`);
