@@ -6,7 +6,8 @@
  *
  * The result keeps the shape the callers were written against: stdout and stderr as text without
  * their final newline, exitCode (null when a signal ended it), signal. A failure rejects with a
- * CommandFailed naming the command, unless `reject: false` asks for the result whatever happened.
+ * CommandError naming the command, unless `reject: false` asks for the result whatever happened;
+ * callers that read a result themselves (ip.ts) throw the same error.
  */
 import { spawn, type StdioOptions } from 'node:child_process';
 
@@ -39,12 +40,21 @@ export interface CommandResult {
   timedOut: boolean;
 }
 
-export class CommandFailed extends Error {
-  constructor(readonly result: CommandResult) {
-    const how = result.timedOut ? 'timed out' : result.signal ? `was killed by ${result.signal}` : `failed with exit code ${result.exitCode}`;
-    super(`Command ${how}: ${result.command}${result.stderr ? `\n${result.stderr}` : ''}`);
-    this.name = 'CommandFailed';
+/** A command that failed: its command line and what it said (its first lines make the message). */
+export class CommandError extends Error {
+  constructor(
+    readonly command: string,
+    readonly stderr: string,
+  ) {
+    super(`${command} failed: ${stderr.trim().split('\n').slice(0, 3).join('; ')}`);
+    this.name = 'CommandError';
   }
+}
+
+/** The CommandError of a failed result: its stderr, or how it ended when it said nothing. */
+function errorOf(r: CommandResult): CommandError {
+  const how = r.timedOut ? 'timed out' : r.signal ? `killed by ${r.signal}` : `exit code ${r.exitCode}`;
+  return new CommandError(r.command, r.stderr || how);
 }
 
 const KILL_AFTER_TERM_MS = 2000;
@@ -91,7 +101,7 @@ export function runCommand(file: string, args: readonly string[] = [], opts: Com
         failed: startError !== null || code !== 0,
         timedOut,
       };
-      if (result.failed && opts.reject !== false) reject(new CommandFailed(result));
+      if (result.failed && opts.reject !== false) reject(errorOf(result));
       else resolve(result);
     });
   });

@@ -4,17 +4,7 @@
  * the terminal goes to the launcher's group, and a second one must not kill the teardown's own
  * helpers halfway (a killed `ip -batch` leaves links that no record names any more).
  */
-import { runCommand } from '../common/command.js';
-
-export class CommandError extends Error {
-  constructor(
-    readonly command: string,
-    readonly stderr: string,
-  ) {
-    super(`${command} failed: ${stderr.trim().split('\n').slice(0, 3).join('; ')}`);
-    this.name = 'CommandError';
-  }
-}
+import { CommandError, runCommand } from '../common/command.js';
 
 export interface BatchOptions {
   /** Run inside this named network namespace (ip -n). */
