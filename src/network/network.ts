@@ -129,10 +129,10 @@ async function createSpanNetwork(net: TicketNetwork, vx: NonNullable<TicketNetwo
       await nftScript(spanScript(net, vx));
     })(),
   ]);
-  await ledger.add({ kind: 'link', name: vx.name });
+  await ledger.add({ kind: 'link', name: vx.name, group });
   const overlay = { bridge: net.bridge, vxlan: vx.name, vni: vx.vni, mtu, local: vx.local, underlayDev: vx.dev };
   try {
-    await ipBatch(tunnelLines(overlay));
+    await ipBatch([...tunnelLines(overlay), `link set ${vx.name} group ${group}`]);
   } catch (e) {
     if (/File exists|already exists/.test(String(e))) {
       throw new ClaimClash(`VNI ${vx.vni} (ticket ${ledger.ticket.id}) is in use on this host`, []);

@@ -15,8 +15,8 @@ export const tapName = (ticketId: string, clone: number): string => `sf${ticketI
 export const cloneName = (ticketId: string, clone: number): string => `sf${ticketId}-${clone}`;
 
 /**
- * The device group of the ticket's bridge and the host ends of its veths, so that teardown
- * deletes them all with one `ip link del group`: one batch in the kernel, one wait for RCU grace
+ * The device group of every link of the ticket on a host (its bridge, the host ends of its veths,
+ * its taps, its tunnel), so that teardown deletes them all with one `ip link del group`: one batch in the kernel, one wait for RCU grace
  * periods, where deleting them by name waits once per device. High in the 32-bit range, away from
  * the small numbers an administrator would give groups (/etc/iproute2/group); the ticket id makes
  * it the ticket's own.

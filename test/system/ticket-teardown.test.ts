@@ -3,11 +3,12 @@
  * resources that are already gone (links, namespaces, tables, processes, files) are no failure.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { tableScript } from '../../src/network/firewall.js';
+import { linkGroup } from '../../src/ticket/names.js';
 import { RecordStore } from '../../src/ticket/record.js';
 import type { Resource } from '../../src/ticket/resources.js';
 import { removeResources } from '../../src/ticket/teardown.js';
@@ -33,6 +34,27 @@ describe('teardown on the host', () => {
     ];
     const report = await removeResources(gone, { ticketId: 'none00', claimsDir: store.claimsDir });
     expect(report.failed).to.deep.equal([]);
+  });
+
+  it("deletes a ticket's device group, and a recorded link that never joined it", async () => {
+    // A unique, unused group and names (sftd...): a bridge and a tap in the group, a tap outside
+    // it (its creation stopped between `tuntap add` and `link set ... group`), a gone group link.
+    const group = linkGroup('fd0' + process.pid.toString(16).slice(-3).padStart(3, '0'));
+    const [br, inTap, stray] = ['sftdbr', 'sftdt0', 'sftdt1'];
+    const links: Resource[] = [br, inTap, stray, 'sftdgone'].map((name) => ({ kind: 'link', name, group }));
+    const ip = (args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
+    try {
+      ip(['link', 'add', br, 'group', String(group), 'type', 'bridge']);
+      ip(['tuntap', 'add', 'dev', inTap, 'mode', 'tap']);
+      ip(['link', 'set', inTap, 'group', String(group), 'master', br]);
+      ip(['tuntap', 'add', 'dev', stray, 'mode', 'tap']);
+      const report = await removeResources(links, { ticketId: 'fd0000', claimsDir: store.claimsDir });
+      expect(report.failed).to.deep.equal([]);
+      expect(report.removed).to.include.members([`link ${br}`, `link ${inTap}`, `link ${stray}`]);
+      for (const name of [br, inTap, stray]) expect(existsSync(`/sys/class/net/${name}`), name).to.equal(false);
+    } finally {
+      for (const name of [br, inTap, stray]) if (existsSync(`/sys/class/net/${name}`)) ip(['link', 'del', name]);
+    }
   });
 });
 

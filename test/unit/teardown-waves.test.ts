@@ -57,9 +57,14 @@ describe('teardown waves', () => {
       [['/state/subnets/10.0.0.0'], ['/state/t.d']],
       [['reaper']],
     ]);
-    const { lines, lineOf } = ipLines(waves[0]![0]!);
-    expect(lines).to.deep.equal([`link del group ${group}`, 'netns delete c2', 'netns delete c1', 'netns delete c0']);
-    expect(lineOf).to.deep.equal([1, 2, 3, 0, 0, 0, 0]);
+    const { lines, groups } = ipLines(waves[0]![0]!);
+    expect(lines).to.deep.equal([
+      `link del group ${group}`,
+      ...['netns delete c2', 'netns delete c1', 'netns delete c0'],
+      // Named as well: one that never joined the group goes by name.
+      ...['link del sfv2', 'link del sfv1', 'link del sfv0', 'link del sfbr'],
+    ]);
+    expect(groups).to.deep.equal([group]);
   });
 
   it('names every resource exactly once', () => {

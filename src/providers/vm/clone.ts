@@ -15,7 +15,7 @@ import { startTime } from '../../common/processes.js';
 import type { GuestImage } from '../../image/index.js';
 import { ipBatch } from '../../network/ip.js';
 import { cloneAddress } from '../../network/pool.js';
-import { cloneMac, cloneName, tapName } from '../../ticket/names.js';
+import { cloneMac, cloneName, linkGroup, tapName } from '../../ticket/names.js';
 import type { ResourceLedger } from '../../ticket/resources.js';
 import type { Ticket } from '../../ticket/ticket.js';
 import type { Clone, CloneInfo, CloneProcess, SpawnOptions } from '../clone.js';
@@ -173,9 +173,11 @@ function identity(ticket: Ticket, i: number): Buffer {
 /** Creates the taps of the clones `ids` on the ticket's bridge (recorded first). */
 async function createTaps(job: CloneJob, ids: readonly number[]): Promise<void> {
   const taps = ids.map((i) => tapName(job.ticket.id, i));
-  await job.ledger.add(...taps.map((name) => ({ kind: 'link' as const, name })));
+  // In the ticket's device group, with its bridge: teardown deletes them in one kernel batch.
+  const group = linkGroup(job.ticket.id);
+  await job.ledger.add(...taps.map((name) => ({ kind: 'link' as const, name, group })));
   const mtu = job.ticket.network.mtu ? ` mtu ${job.ticket.network.mtu}` : '';
-  await ipBatch(taps.flatMap((t) => [`tuntap add dev ${t} mode tap`, `link set ${t}${mtu} master ${job.ticket.network.bridge} up`]));
+  await ipBatch(taps.flatMap((t) => [`tuntap add dev ${t} mode tap`, `link set ${t}${mtu} group ${group} master ${job.ticket.network.bridge} up`]));
 }
 
 /** Clone i of the ticket, this host's k-th: its QEMU started (and recorded), restored or booted, ready with its identity. */
