@@ -22,7 +22,7 @@ import { projectRoot } from './common/paths.js';
 import { resolveConfig, type EngineConfig, type EngineOptions } from './common/config.js';
 import { HostError, UsageError } from './common/errors.js';
 import { logger, timed } from './common/log.js';
-import { isRunning, startTime } from './common/processes.js';
+import { isRunning, killAndWait, startTime } from './common/processes.js';
 import { ENGINE_HELPERS, nativeHelperProblem, requireEngineHost } from './doctor/checks.js';
 import { openPorts } from './network/firewall.js';
 import { claimSubnet, createNetwork } from './network/network.js';
@@ -39,6 +39,7 @@ import type { ResourceLedger } from './ticket/resources.js';
 import { removeOrphanClaims, removeStaleWrites } from './ticket/sweep.js';
 import type { TeardownReport } from './ticket/teardown.js';
 import { TICKET_ID, type Ticket, type TicketOptions } from './ticket/ticket.js';
+import { giveBack, lease } from './warm/client.js';
 
 const log = logger('engine');
 
@@ -105,6 +106,11 @@ export class Engine {
 
     const span = opts.span;
     if (span && opts.keep) throw new UsageError('a cluster that spans hosts cannot be kept (--keep): it lives as long as its launcher');
+    // A kept ticket outlives every process, a spanning one is the coordinator's: neither is leased.
+    if (this.config.warm === 'auto' && !opts.keep && !span) {
+      const warm = await this.takeWarm(n, provider, shared);
+      if (warm) return warm;
+    }
     const entry = await this.tickets.claim(
       {
         provider: providerName,
@@ -137,6 +143,62 @@ export class Engine {
     }
     log.info(`ticket ${ticket.id}: ${n} ${providerName} clone(s) on ${ticket.network.subnet}`);
     return ticket;
+  }
+
+  /**
+   * A ticket whose network this host's warm service made ahead (src/warm/), or null (no service,
+   * none ready): leased, adopted with this process as its owner and its own reaper, and given back
+   * at teardown once its processes are dead.
+   */
+  private async takeWarm(n: number, provider: Provider, shared: string[]): Promise<Ticket | null> {
+    const id = await timed(log, 'lease of a warm network', () => lease(this.config.stateDir));
+    if (!id) return null;
+    const adopted = await this.adopt(id, provider, (t) => {
+      Object.assign(t, { provider: provider.name, requested: n, granted: n, kept: false, shared, warm: true });
+    }).catch(async (e: Error) => {
+      await this.tickets.teardownAfterFailure(id);
+      throw e;
+    });
+    if (!adopted) return null; // its record went meanwhile (snowflock cleanup --all): make one
+    adopted.handBack = () => giveBack(this.config.stateDir, id);
+    const ticket = adopted.ledger.ticket;
+    log.info(`ticket ${ticket.id}: ${n} ${provider.name} clone(s) on ${ticket.network.subnet} (a warm network)`);
+    return ticket;
+  }
+
+  /**
+   * Takes over a live ticket another process of this host hands over (a warm network, either
+   * way): this process owns its record and runs its reaper, and the previous owner's reaper ends.
+   */
+  private async adopt(id: string, provider: Provider, change: (t: Ticket) => void): Promise<LiveTicket | null> {
+    const adopted = await this.tickets.adopt(id, provider, change);
+    if (!adopted) return null;
+    const { entry, reapers } = adopted;
+    const endPrevious = reapers.map(async (r) => {
+      if (r.kind !== 'process') return;
+      await killAndWait(r);
+      await entry.ledger.forget(r);
+    });
+    await Promise.all([this.startReaper(entry.ledger.ticket), ...endPrevious]);
+    return entry;
+  }
+
+  /**
+   * The warm service's side: stops holding a ticket it made, for the job that leased it to adopt;
+   * false if its record is gone (snowflock cleanup --all took it).
+   */
+  async handOver(ticket: Ticket): Promise<boolean> {
+    await this.tickets.release(ticket.id);
+    return (await this.store.read(ticket.id)) !== null;
+  }
+
+  /** The warm service's side: adopts a ticket a job gave back (its teardown is then this engine's: kill). */
+  async takeBack(ticketId: string): Promise<Ticket | null> {
+    if (!TICKET_ID.test(ticketId)) throw new UsageError(`${JSON.stringify(ticketId)} is not a ticket id`);
+    const record = await this.store.read(ticketId);
+    if (!record) return null;
+    const entry = await this.adopt(ticketId, await this.provider(record.ticket.provider), () => {});
+    return entry?.ledger.ticket ?? null;
   }
 
   /** Lets the ticket's clones open TCP connections to this host port on the gateway address. */

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * snowflock: private clusters of clones from the command line.
- *   up, exec, run, ps, down, cleanup, doctor, setup, shell-env, completion, agent (see --help). The
+ *   up, exec, run, ps, down, cleanup, doctor, setup, shell-env, completion, agent, warm (see --help). The
  *   commands are defined in launcher/cli/definitions.ts, which the manual and completion share.
  */
 import yargs, { type Argv } from 'yargs';
@@ -33,6 +33,7 @@ const ACTIONS: Record<CommandName, () => Promise<Action>> = {
   'shell-env': async () => (await import('../cli/shell-env.js')).shellEnvCommand,
   completion: async () => (await import('../cli/completion.js')).completionCommand,
   agent: async () => (await import('../cli/agent.js')).agentCommand,
+  warm: async () => (await import('../cli/warm.js')).warmCommand,
 };
 
 /** Runs a subcommand with logging set up, recording its exit status. */

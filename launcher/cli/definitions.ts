@@ -6,7 +6,7 @@
 import type { Options, PositionalOptions } from 'yargs';
 import { UsageError } from '../../src/common/errors.js';
 
-export type CommandName = 'up' | 'exec' | 'run' | 'ps' | 'down' | 'cleanup' | 'doctor' | 'setup' | 'shell-env' | 'completion' | 'agent';
+export type CommandName = 'up' | 'exec' | 'run' | 'ps' | 'down' | 'cleanup' | 'doctor' | 'setup' | 'shell-env' | 'completion' | 'agent' | 'warm';
 
 /** A yargs option, with the placeholder of its value for the manual (`--log-file FILE`). */
 export interface FlagDef extends Options {
@@ -136,6 +136,17 @@ export const COMMANDS: CommandDef[] = [
     options: {
       connect: { type: 'string', value: 'ADDR:PORT', demandOption: true, description: "The launcher's address and port" },
       host: { type: 'string', value: 'NAME', description: "This host's name in the job (default: SLURMD_NODENAME, else the hostname)" },
+    },
+  },
+  {
+    name: 'warm',
+    usage: 'warm',
+    summary: "Keep ticket networks ready on this host, so that jobs start and end sooner (a resident service)",
+    details:
+      "Runs in the foreground until SIGINT, SIGTERM or SIGHUP, keeping --networks ticket networks ready (each a ticket of its own: subnet, bridge, firewall table). A job on this host (sfmpirun, snowflock run) takes one instead of making its own, and gives it back after its processes have ended: the service deletes it and makes a fresh one after the job, so no network serves two jobs. Kept and spanning tickets make their own; SNOWFLOCK_WARM=off makes every job do so. If the service is killed, each network it holds is removed by its reaper; a leased one belongs to its job. --status prints a running service's state as one JSON object (ready tickets, leases, returns, misses).",
+    options: {
+      networks: { type: 'number', value: 'N', default: 2, description: 'How many networks to keep ready (1-64)' },
+      status: { type: 'boolean', default: false, description: "Print the running service's state as JSON and exit (1: none runs)" },
     },
   },
   {

@@ -16,6 +16,8 @@ export interface RunReport {
   argv: string[];
   provider: string;
   ticket: string;
+  /** The ticket's network was made ahead by this host's warm service (snowflock warm). */
+  warm: boolean;
   /** The key of the checkpoint the clones started from. */
   checkpoint: string;
   clones: Array<JobReport['clones'][number] & { host: string }>;
@@ -44,6 +46,7 @@ export function runReport(
     argv,
     provider: ticket.provider,
     ticket: ticket.id,
+    warm: ticket.warm === true,
     checkpoint,
     // Every clone is on this host today; clusters spanning hosts (issue 10) will name theirs.
     clones: clones.map((c) => ({ id: c.id, hostname: c.hostname, address: c.address, host })),

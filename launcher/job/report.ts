@@ -11,7 +11,8 @@
  * (calls a server refused it); `processManagers` says where the servers were. Version 1's fields
  * are unchanged. Since clusters span hosts (issue 10), each clone also names its `host`. `memory` (optional, issue 11) is there for a job whose clones got their memory on
  * demand from a template on another host: per clone host, guest pages, pages fetched, pages the
- * heuristics avoided, bytes received; per memserver, bytes sent (src/memory/report.ts).
+ * heuristics avoided, bytes received; per memserver, bytes sent (src/memory/report.ts). `warm`
+ * (issue 13): the network came from the warm service.
  */
 import { writeFile } from 'node:fs/promises';
 import type { MemoryFigures } from '../../src/memory/report.js';
@@ -30,6 +31,8 @@ export interface JobReport {
   /** Direct launch: the PMI-1 server's address and every sf-pmix (pid, URI). */
   processManagers?: { pmi: string | null; pmix: Array<{ pid: number; uri: string }> };
   ticket: string | null;
+  /** The ticket's network was made ahead by this host's warm service (snowflock warm). */
+  warm: boolean;
   /** The key of the checkpoint the clones started from (jobs of the same programs share it, whatever their directory). */
   checkpoint: string | null;
   np: number;

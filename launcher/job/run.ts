@@ -274,6 +274,7 @@ async function finish(r: Running): Promise<number> {
       launch: plan.launch,
       mpi: plan.mpi,
       ticket: r.ticket?.id ?? null,
+      warm: r.ticket?.warm === true,
       checkpoint: r.checkpoint?.key ?? null,
       np: job.np,
       clones: clones.map((c) => ({ id: c.id, hostname: c.hostname, address: c.address, host: plan.hosts.hosts[plan.hosts.cloneHosts[c.id]!]!.name })),

@@ -45,6 +45,8 @@ export interface Settings {
   simPrefix: string;
   /** Set by sfmpirun for the processes it starts on the host (the remote-shell shim): the job's ticket. */
   ticket: string | undefined;
+  /** Whether a ticket takes a network made ahead by this host's warm service (snowflock warm), when one runs. */
+  warm: 'auto' | 'off';
 }
 
 interface Setting<K extends keyof Settings> {
@@ -136,6 +138,13 @@ export const SETTINGS: ReadonlyArray<Setting<keyof Settings>> = [
   { key: 'simPool', name: 'SNOWFLOCK_SIM_POOL', default: '10.234.0.0/16', meaning: 'simulated clusters: the range their underlays (/24 each) are taken from', parse: (v) => v || '10.234.0.0/16' },
   { key: 'simPorts', name: 'SNOWFLOCK_SIM_PORTS', default: '16800-16899', meaning: "simulated clusters: ports for their slurmctld and slurmds (never Slurm's own 6817/6818)", parse: (v) => v || '16800-16899' },
   { key: 'simPrefix', name: 'SNOWFLOCK_SIM_PREFIX', default: 'sfsc', meaning: "simulated clusters: the start of their links' names", parse: (v) => v || 'sfsc' },
+  {
+    key: 'warm',
+    name: 'SNOWFLOCK_WARM',
+    default: 'auto',
+    meaning: "auto: a job takes one of the networks this host's warm service (snowflock warm) made ahead, when one runs and has one ready; off: every job makes its own",
+    parse: oneOf('SNOWFLOCK_WARM', ['auto', 'off'] as const, 'auto'),
+  },
   { key: 'ticket', name: 'SNOWFLOCK_TICKET', default: '', meaning: "set by sfmpirun for Open MPI's and Hydra's remote shell: the job's ticket", parse: (v) => v || undefined },
 ];
 
@@ -162,7 +171,7 @@ export function rereadSettings(): void {
 }
 
 /** The engine's part of the settings; explicit options win over the environment. */
-export type EngineConfig = Pick<Settings, 'stateDir' | 'pool' | 'maxClones' | 'nativeDir'>;
+export type EngineConfig = Pick<Settings, 'stateDir' | 'pool' | 'maxClones' | 'nativeDir' | 'warm'>;
 export type EngineOptions = Partial<EngineConfig>;
 
 export function resolveConfig(opts: EngineOptions = {}, env: NodeJS.ProcessEnv = process.env): EngineConfig {
@@ -172,5 +181,6 @@ export function resolveConfig(opts: EngineOptions = {}, env: NodeJS.ProcessEnv =
     pool: opts.pool ?? s.pool,
     maxClones: opts.maxClones ?? s.maxClones,
     nativeDir: opts.nativeDir ?? s.nativeDir,
+    warm: opts.warm ?? s.warm,
   };
 }

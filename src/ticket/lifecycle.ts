@@ -15,6 +15,7 @@ import type { Provider } from '../providers/provider.js';
 import { Ledger } from './ledger.js';
 import type { RecordStore, StateRecord } from './record.js';
 import { removeResources, type TeardownReport } from './teardown.js';
+import type { Resource } from './resources.js';
 import { ClaimClash, type Ticket } from './ticket.js';
 
 const log = logger('ticket');
@@ -30,6 +31,12 @@ export interface LiveTicket {
   /** Creation in progress: teardown lets it fail at its next record, then removes everything. */
   creating?: Promise<unknown>;
   teardown?: Promise<TeardownReport>;
+  /**
+   * A ticket whose network came from the warm service (../warm/): teardown ends the ticket's
+   * processes, then hands the rest to the service with this; false: the service did not take it,
+   * and teardown removes everything itself.
+   */
+  handBack?: () => Promise<boolean>;
 }
 
 export class TicketLifecycle {
@@ -52,13 +59,41 @@ export class TicketLifecycle {
         if (given) throw new ClaimClash(`ticket id ${given} is taken on this host`, []);
         continue;
       }
-      let fail!: (line: string) => void;
-      const failure = new Promise<string>((resolve) => (fail = resolve));
-      const entry: LiveTicket = { ledger: new Ledger(this.store, record, join(this.store.ticketsDir, `${id}.d`)), provider, running: new Set(), failure, fail };
-      this.live.set(id, entry);
-      return entry;
+      return this.enter(record, provider);
     }
     throw new Error('could not find a free ticket id');
+  }
+
+  /**
+   * Takes over a ticket that another process of this host made and hands over (the warm service's
+   * networks, ../warm/): its record names this process as its owner from now on, with `change`
+   * applied to the ticket. Returns null when it has no record. The previous owner's reapers are
+   * returned for the caller to end once its own runs.
+   */
+  async adopt(id: string, provider: Provider, change: (t: Ticket) => void): Promise<{ entry: LiveTicket; reapers: Resource[] } | null> {
+    if (this.live.has(id)) throw new Error(`ticket ${id} is live in this process already`);
+    const record = await this.store.read(id);
+    if (!record) return null;
+    record.owner = self();
+    const entry = this.enter(record, provider);
+    await entry.ledger.updateTicket(change);
+    return { entry, reapers: record.resources.filter((r) => r.kind === 'process' && r.what === 'reaper') };
+  }
+
+  /** Stops holding a live ticket without tearing it down: another process adopts it (see adopt). */
+  async release(id: string): Promise<void> {
+    const entry = this.get(id);
+    await entry.ledger.close();
+    this.live.delete(id);
+  }
+
+  private enter(record: StateRecord, provider: Provider): LiveTicket {
+    let fail!: (line: string) => void;
+    const failure = new Promise<string>((resolve) => (fail = resolve));
+    const id = record.ticket.id;
+    const entry: LiveTicket = { ledger: new Ledger(this.store, record, join(this.store.ticketsDir, `${id}.d`)), provider, running: new Set(), failure, fail };
+    this.live.set(id, entry);
+    return entry;
   }
 
   /** The live entry of a ticket of this process; a UsageError when there is none. */
@@ -95,6 +130,13 @@ export class TicketLifecycle {
         await entry.creating?.catch(() => {});
       }
       const record = entry?.ledger.record ?? (await known());
+      if (entry?.handBack) {
+        const handed = await this.handBack(id, record, entry.handBack);
+        if (handed) {
+          this.ended.set(id, handed);
+          return handed;
+        }
+      }
       const report = await timed(log, `ticket ${id}: teardown`, () => removeResources(record.resources, { ticketId: id, claimsDir: this.store.claimsDir }));
       if (report.failed.length) {
         // Keep the record: it is the only way `snowflock cleanup` can retry what is left.
@@ -107,6 +149,20 @@ export class TicketLifecycle {
     if (entry) entry.teardown = work;
     return work.finally(() => {
       if (this.live.get(id) === entry) this.live.delete(id);
+    });
+  }
+
+  /**
+   * A warm ticket's teardown on the job's side: its processes end here (nothing of the job runs
+   * once this returns), then the service takes the record and removes the rest on its own time.
+   * Null when the service did not take it.
+   */
+  private async handBack(id: string, record: StateRecord, handBack: () => Promise<boolean>): Promise<TeardownReport | null> {
+    return timed(log, `ticket ${id}: teardown, then the network back to the warm service`, async () => {
+      const jobs = record.resources.filter((r) => r.kind === 'process' && r.what !== 'reaper');
+      const report = await removeResources(jobs, { ticketId: id, claimsDir: this.store.claimsDir });
+      if (report.failed.length || !(await handBack())) return null;
+      return report;
     });
   }
 

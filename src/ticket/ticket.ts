@@ -29,6 +29,8 @@ export interface Ticket {
    * ticket on its gateway (src/workdir/).
    */
   shared: string[];
+  /** Its network was made ahead by this host's warm service (src/warm/), which also removes it. */
+  warm?: boolean;
 }
 
 export interface TicketOptions {
