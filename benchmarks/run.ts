@@ -40,7 +40,7 @@ const BENCHMARKS: Record<string, () => Promise<Benchmark>> = {
     return {
       name: 'mpirun',
       run: async ({ rounds, baseline }) => {
-        const r = m.benchMpirun({ ...(rounds ? { rounds } : {}), baseline });
+        const r = await m.benchMpirun({ ...(rounds ? { rounds } : {}), baseline });
         return { data: r, markdown: m.resultsSection(r).replace(/<!-- mpirun:(begin|end) -->\n?/g, '') };
       },
     };

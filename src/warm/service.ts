@@ -154,18 +154,18 @@ export class WarmService {
 
   /** Makes networks until `size` are ready, one at a time (a 2-core host runs jobs too). */
   private fill(): Promise<void> {
-    if (this.filling) return this.filling;
-    this.filling = (async () => {
-      try {
-        while (!this.stopping && this.ready.length < this.size) {
-          this.ready.push(await this.engine.requestTicket(1, { provider: 'netns' }));
-        }
-      } catch (e) {
-        log.error(`cannot make a warm network: ${(e as Error).message}`);
-      } finally {
-        this.filling = null;
-      }
-    })();
+    // A .finally callback runs after this assignment even when the work is done at once.
+    this.filling ??= this.makeUntilFull().finally(() => (this.filling = null));
     return this.filling;
+  }
+
+  private async makeUntilFull(): Promise<void> {
+    try {
+      while (!this.stopping && this.ready.length < this.size) {
+        this.ready.push(await this.engine.requestTicket(1, { provider: 'netns' }));
+      }
+    } catch (e) {
+      log.error(`cannot make a warm network: ${(e as Error).message}`);
+    }
   }
 }

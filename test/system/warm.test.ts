@@ -107,6 +107,22 @@ describe('warm service: networks made ahead for jobs', function () {
     for (const r of [first, second]) expect(leftovers(r.report!.ticket!)).to.deep.equal([]);
   });
 
+  it('keeps making fresh networks, also while jobs outlast the refill after a lease', async () => {
+    service = await startService(1);
+    const used = new Set<string>();
+    for (let i = 0; i < 3; i++) {
+      const [ready] = (await statusWhen((s) => s.ready.length === 1 && s.returning === 0)).ready;
+      expect(used.has(ready!), `network ${ready} again`).to.equal(false);
+      const run = await sfmpirun(['-np', '1', 'sleep', '1.5']);
+      expect(run.code, run.stderr).to.equal(0);
+      expect(run.report!.warm).to.equal(true);
+      expect(run.report!.ticket).to.equal(ready);
+      used.add(ready!);
+    }
+    await statusWhen((s) => s.ready.length === 1 && s.returning === 0);
+    await assertNoLeaks([...used], stateDir);
+  });
+
   it('SNOWFLOCK_WARM=off: the job makes its own network and the service keeps its own', async () => {
     service = await startService(1);
     const before = await status();
