@@ -145,7 +145,7 @@ export const COMMANDS: CommandDef[] = [
     details:
       "Runs in the foreground until SIGINT, SIGTERM or SIGHUP, keeping --networks ticket networks ready (each a ticket of its own: subnet, bridge, firewall table). A job on this host (sfmpirun, snowflock run) takes one instead of making its own, and gives it back after its processes have ended: the service deletes it and makes a fresh one after the job, so no network serves two jobs. Kept and spanning tickets make their own; SNOWFLOCK_WARM=off makes every job do so. If the service is killed, each network it holds is removed by its reaper; a leased one belongs to its job. --status prints a running service's state as one JSON object (ready tickets, leases, returns, misses).",
     options: {
-      networks: { type: 'number', value: 'N', default: 2, description: 'How many networks to keep ready (1-64)' },
+      networks: { type: 'string', value: 'N', default: '2', description: 'How many networks to keep ready (1-64)' },
       status: { type: 'boolean', default: false, description: "Print the running service's state as JSON and exit (1: none runs)" },
     },
   },

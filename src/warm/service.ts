@@ -22,6 +22,9 @@ const log = logger('warm');
 /** After a lease, a fresh network is made this much later: not while the job that took it starts. */
 const REFILL_AFTER_LEASE_MS = 1000;
 
+/** Each network is a /24 of the pool: a service keeps at most this many of them. */
+export const MAX_NETWORKS = 64;
+
 export class WarmService {
   private readonly ready: Ticket[] = [];
   private readonly returning = new Set<Promise<unknown>>();
@@ -38,7 +41,7 @@ export class WarmService {
   ) {
     // Its own tickets are made, never leased: an engine that leased would ask this very service.
     if (engine.config.warm !== 'off') throw new Error("the warm service's engine must have warm: 'off'");
-    if (!Number.isInteger(size) || size < 1 || size > 64) throw new UsageError(`--networks ${size}: give a whole number of networks from 1 to 64`);
+    if (!Number.isInteger(size) || size < 1 || size > MAX_NETWORKS) throw new UsageError(`a warm service keeps 1 to ${MAX_NETWORKS} networks, not ${size}`);
   }
 
   get path(): string {

@@ -7,7 +7,7 @@
  * job whose service is gone (a stale socket) or off (SNOWFLOCK_WARM=off) makes its own network.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { projectRoot } from '../../src/common/paths.js';
@@ -15,7 +15,7 @@ import { ask } from '../../src/warm/client.js';
 import { socketPath, type WarmStatus } from '../../src/warm/protocol.js';
 import { assertNoLeaks } from '../helpers/leaks.js';
 import { program } from '../helpers/programs.js';
-import { leftovers, sfmpirun, stateDir } from '../helpers/sfmpirun.js';
+import { leftovers, sfmpirun, stateDir, stateRecords } from '../helpers/sfmpirun.js';
 
 const root = projectRoot();
 const snowflock = join(root, 'launcher/bin/snowflock.ts');
@@ -167,6 +167,21 @@ describe('warm service: networks made ahead for jobs', function () {
     expect(run.code, run.stderr).to.equal(0);
     expect(run.report!.warm).to.equal(false);
     expect(leftovers(run.report!.ticket!)).to.deep.equal([]);
+    rmSync(socketPath(stateDir)); // what the next service would remove at its start
+  });
+
+  it('a bad --networks is refused in one line before anything exists', async () => {
+    for (const bad of ['0', 'abc', '65']) {
+      const child = spawn(process.execPath, ['--import', tsx, snowflock, 'warm', '--networks', bad], { env: { ...process.env, SNOWFLOCK_STATE_DIR: stateDir }, stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+      const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+      expect(code, bad).to.equal(2);
+      expect(err.trim().split('\n'), bad).to.have.length(1);
+      expect(err).to.include(`--networks "${bad}": give a whole number of networks from 1 to 64`);
+      expect(existsSync(socketPath(stateDir))).to.equal(false);
+      expect(stateRecords()).to.deep.equal([]);
+    }
   });
 
   it('a second service on the same host is refused in one line', async () => {
