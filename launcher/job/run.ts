@@ -24,6 +24,7 @@ import { ExitPolicy, type RankOutcome } from './exit.js';
 import { JobOutput } from './io/output.js';
 import { StdinRouter } from './io/stdin.js';
 import { FailureScanner, launchNative, nativeOutcome } from './launch/native.js';
+import type { RankFailure } from './launch/rankwatch.js';
 import { ProcessManagers, startRanks, type RankContact, type StartedRank } from './launch/direct.js';
 import { planJob, type JobPlan } from './plan.js';
 import type { MemoryFigures } from '../../src/memory/report.js';
@@ -178,7 +179,11 @@ async function launch(r: Running): Promise<void> {
       r.policy.stop(launchFailedStatus, `sfmpirun: ${line}`);
       stopAll(r);
     };
-    const native = await launchNative({ job, plan, ticket, clones: r.clones, engine: r.engine, env: io.env, onDaemonFailure });
+    const onRankFailed = (f: RankFailure) => {
+      const outcome: RankOutcome = { ...f, hostname: r.clones[plan.placement[f.rank] ?? -1]?.hostname ?? '?' };
+      if (r.policy.record(outcome)) setTimeout(() => stopAll(r), failureGraceMs).unref();
+    };
+    const native = await launchNative({ job, plan, ticket, clones: r.clones, engine: r.engine, env: io.env, onDaemonFailure, onRankFailed });
     r.disposeNative = native.dispose;
     const proc = native.proc;
     r.started.push({ rank: -1, clone: null, proc, done: false });
@@ -258,8 +263,11 @@ async function teardown(r: Running, keep: boolean): Promise<void> {
 async function finish(r: Running): Promise<number> {
   const { job, plan, clones, policy, outcomes } = r;
   const launcher = plan.mpi === 'openmpi' ? "Open MPI's mpirun" : "Hydra's mpiexec";
+  // A native launch's verdict is its launcher's, unless a rank's own failure was heard (rankwatch)
+  // and the launcher did not say why (an MPI_Abort: the rank's exit is its consequence).
+  const rankFailed = (policy.firstFailure?.rank ?? -1) >= 0 && r.scanner.failure?.abort === undefined;
   const verdict =
-    plan.launch === 'native' && outcomes[0] && !policy.wasStopped
+    plan.launch === 'native' && outcomes[0] && !policy.wasStopped && !rankFailed
       ? nativeOutcome(outcomes[0], launcher, r.scanner.failure, (rank) => clones[plan.placement[rank] ?? 0]?.hostname ?? '?')
       : policy.verdict();
   if (verdict.line) writeLine(r.io.stderr, verdict.line);

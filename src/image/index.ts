@@ -66,7 +66,9 @@ async function composeTree(src: ImageSource, kernel: GuestKernel): Promise<Guest
   const files = await closure((src.programs ?? []).map((p) => resolve(p)), src.mpi ?? 'none');
   const dropbear = await lddLibraries(DROPBEAR);
   const dbclient = existsSync(DBCLIENT) ? [DBCLIENT, ...(await lddLibraries(DBCLIENT)).libs] : [];
-  for (const f of [...files, DROPBEAR, ...dropbear.libs, ...dbclient, BUSYBOX]) t.hostPath(f);
+  // MPICH's ranks under Hydra (--launch native) run in native/rankwatch, at its host path.
+  const rankwatch = src.mpi === 'mpich' ? [join(src.nativeDir, 'rankwatch')].filter((f) => existsSync(f)) : [];
+  for (const f of [...files, ...rankwatch, DROPBEAR, ...dropbear.libs, ...dbclient, BUSYBOX]) t.hostPath(f);
   if (dbclient.length && !t.has('/usr/bin/ssh')) t.symlink('/usr/bin/ssh', 'dbclient');
 
   // busybox applets as links next to busybox, where they do not shadow a real program.

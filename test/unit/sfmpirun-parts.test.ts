@@ -13,6 +13,7 @@ import { ExitPolicy, statusOf, summaryLine } from '../../launcher/job/exit.js';
 import { expandPattern, JobOutput, linePrefix } from '../../launcher/job/io/output.js';
 import { LineForwarder, writeLine } from '../../src/common/lines.js';
 import { FailureScanner, nativeOutcome } from '../../launcher/job/launch/native.js';
+import { parseReport } from '../../launcher/job/launch/rankwatch.js';
 import { StdinRouter } from '../../launcher/job/io/stdin.js';
 import { parseShimArgs, withoutRshAgent } from '../../launcher/bin/rsh-shim.js';
 import { program } from '../helpers/programs.js';
@@ -207,6 +208,8 @@ describe('sfmpirun parts', () => {
       ['  Process name: [[18143,1],1]\n  Exit code:    3\n', 3, 'sfmpirun: rank 1 (clone c1) exited with code 3'],
       ['mpirun.openmpi noticed that process rank 1 with PID 0 on node vm exited on signal 11 (Segmentation fault).\n', 139, 'sfmpirun: rank 1 (clone c1) was killed by signal 11 (SIGSEGV)'],
       ['MPI_ABORT was invoked on rank 0 in communicator MPI_COMM_WORLD\nwith errorcode 7.\n', 7, 'sfmpirun: rank 0 (clone c0) called MPI_Abort with errorcode 7'],
+      // MPICH 4.0.2's rank under Hydra.
+      ['Abort(7) on node 1 (rank 1 in comm 0): application called MPI_Abort(MPI_COMM_WORLD, 7) - process 1\n', 7, 'sfmpirun: rank 1 (clone c1) called MPI_Abort with errorcode 7'],
     ];
     for (const [text, status, line] of reports) {
       it(`names the rank in: ${line}`, () => {
@@ -218,6 +221,14 @@ describe('sfmpirun parts', () => {
         expect(nativeOutcome(launcher, 'mpirun', scanner.failure, (r) => `c${r}`)).to.deep.equal({ status, line });
       });
     }
+  });
+
+  describe("a rank's failure as native/rankwatch reports it", () => {
+    it('reads an exit code or a signal, and nothing else', () => {
+      expect(parseReport('3 exit 80\n')).to.deep.equal({ rank: 3, code: 80, signal: null });
+      expect(parseReport('0 signal 11')).to.deep.equal({ rank: 0, code: null, signal: 'SIGSEGV' });
+      for (const bad of ['3 exit 0', '3 exit 256', '-1 exit 3', 'x exit 3', '3 signal 99', 'GET / HTTP/1.0', '']) expect(parseReport(bad), bad).to.equal(null);
+    });
   });
 
   describe('environment rule', () => {

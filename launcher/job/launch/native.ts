@@ -4,7 +4,9 @@
  * With --launch native: Open MPI programs go through Open MPI's mpirun, MPICH programs through
  * Hydra's mpiexec (the default, direct.ts, starts ranks itself with our own process managers). Both
  * launchers are told to stay on the ticket's subnet, and their one control port, fixed in advance,
- * is opened in the ticket's firewall so the daemons can call back.
+ * is opened in the ticket's firewall so the daemons can call back. Under Hydra every rank runs
+ * inside native/rankwatch, which reports a failed rank to ./rankwatch.ts: Hydra by itself would
+ * wait for good on the others when a rank exits with a code (Open MPI's mpirun ends the job then).
  */
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -21,6 +23,7 @@ import type { Ticket } from '../../../src/ticket/ticket.js';
 import { availableParallelism } from 'node:os';
 import { defaultsLayer, userEnv } from '../env.js';
 import { DaemonWatch } from './daemons.js';
+import { listenForRankFailures, type RankFailure, type RankWatch } from './rankwatch.js';
 import type { RankOutcome } from '../exit.js';
 import type { JobPlan } from '../plan.js';
 import type { JobEngine } from '../run.js';
@@ -37,6 +40,8 @@ export interface NativeContext {
   env: NodeJS.ProcessEnv;
   /** A daemon did not start or report in time (see daemons.ts): the line that says which and why. */
   onDaemonFailure(line: string): void;
+  /** Hydra: a rank failed (exit code or signal), as its rankwatch reported it. */
+  onRankFailed(f: RankFailure): void;
 }
 
 export interface NativeLaunch {
@@ -50,6 +55,7 @@ export async function launchNative(ctx: NativeContext): Promise<NativeLaunch> {
   // In the ticket's own directory: it goes with the ticket even if this process is killed.
   const dir = join(ctx.engine.resources(ctx.ticket).dir, 'native');
   mkdirSync(dir, { recursive: true });
+  let ranks: RankWatch | null = null;
   try {
     const logDir = join(dir, 'daemons');
     mkdirSync(logDir);
@@ -57,8 +63,12 @@ export async function launchNative(ctx: NativeContext): Promise<NativeLaunch> {
     const port = await freePort(ctx.ticket.network.gateway);
     await ctx.engine.openPort(ctx.ticket, port);
     const ppn = ctx.plan.ranksPerClone;
+    if (ctx.plan.mpi !== 'openmpi') {
+      ranks = await listenForRankFailures(ctx.ticket.network.gateway, ctx.onRankFailed);
+      await ctx.engine.openPort(ctx.ticket, ranks.port);
+    }
     const { argv, env } =
-      ctx.plan.mpi === 'openmpi' ? openMpiCommand(ctx, dir, shim, port, ppn) : hydraCommand(ctx, dir, shim, port, ppn);
+      ctx.plan.mpi === 'openmpi' ? openMpiCommand(ctx, dir, shim, port, ppn) : hydraCommand(ctx, dir, shim, port, ppn, `${ctx.ticket.network.gateway}:${ranks!.port}`);
     log.info(`native launch: ${argv.join(' ')}`);
     // On a lifeline: if sfmpirun is killed, the launcher and its remote shells go with it.
     const proc = hostProcess(onLifeline(settings().nativeDir, argv), env, ctx.job.stdin !== 'none');
@@ -71,10 +81,12 @@ export async function launchNative(ctx: NativeContext): Promise<NativeLaunch> {
       proc,
       dispose: () => {
         watch.stop();
+        ranks?.close();
         rmSync(dir, { recursive: true, force: true });
       },
     };
   } catch (e) {
+    ranks?.close();
     rmSync(dir, { recursive: true, force: true });
     throw e;
   }
@@ -122,7 +134,8 @@ function openMpiCommand(ctx: NativeContext, dir: string, shim: string, port: num
   return { argv, env: { OMPI_MCA_orte_tmpdir_base: join(dir, 'ompi'), ...launcherEnv(ctx) } };
 }
 
-function hydraCommand(ctx: NativeContext, dir: string, shim: string, port: number, ppn: number): { argv: string[]; env: Record<string, string> } {
+/** `reportTo`: where each rank's rankwatch reports its failure (ADDR:PORT on the gateway). */
+function hydraCommand(ctx: NativeContext, dir: string, shim: string, port: number, ppn: number, reportTo: string): { argv: string[]; env: Record<string, string> } {
   const { job, ticket, clones } = ctx;
   const hostfile = join(dir, 'hostfile');
   writeFileSync(hostfile, clones.map((c) => `${c.address}:${ppn}\n`).join(''));
@@ -134,7 +147,8 @@ function hydraCommand(ctx: NativeContext, dir: string, shim: string, port: numbe
     if (i > 0) argv.push(':');
     argv.push('-n', String(app.np), '-wdir', app.wdir);
     for (const [k, v] of Object.entries(app.env)) argv.push('-env', k, v);
-    argv.push(ctx.plan.programs[i]!, ...app.argv.slice(1));
+    // At the same path in a VM clone: the guest image carries it for MPICH (src/image/index.ts).
+    argv.push(join(settings().nativeDir, 'rankwatch'), reportTo, '--', ctx.plan.programs[i]!, ...app.argv.slice(1));
   });
   // Hydra's proxies call back on this one port, which the ticket's firewall lets through.
   return { argv, env: { ...launcherEnv(ctx), MPIEXEC_PORT_RANGE: `${port}:${port}` } };
@@ -193,7 +207,7 @@ function hostProcess(argv: string[], env: Record<string, string>, withStdin: boo
 }
 
 /**
- * Reads Open MPI's and Hydra's own failure reports from the launcher's stderr, to name the failing
+ * Reads Open MPI's and Hydra's own failure reports (and MPICH's abort line) from the launcher's stderr, to name the failing
  * rank in our summary line: which rank, and its exit code, signal or MPI_Abort errorcode.
  */
 export class FailureScanner {
@@ -206,7 +220,10 @@ export class FailureScanner {
     const exit = /Process name: \[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(\d+)/.exec(this.text);
     const signal = /process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)/.exec(this.text);
     const abort = /MPI_ABORT was invoked on rank (\d+) in communicator \S+\s+with errorcode (-?\d+)/.exec(this.text);
+    // MPICH's own line, as its ranks print it under Hydra.
+    const mpichAbort = /Abort\((-?\d+)\) on node \d+ \(rank (\d+) in comm \d+\): application called MPI_Abort/.exec(this.text);
     if (abort) this.found = { rank: Number(abort[1]), abort: Number(abort[2]) };
+    else if (mpichAbort) this.found = { rank: Number(mpichAbort[2]), abort: Number(mpichAbort[1]) };
     else if (signal) this.found = { rank: Number(signal[1]), signal: Number(signal[2]) };
     else if (exit) this.found = { rank: Number(exit[1]), code: Number(exit[2]) };
   }
