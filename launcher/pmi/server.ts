@@ -481,8 +481,9 @@ export class PmiServer extends EventEmitter<PmiServerEvents> {
     if (remoteAddress && remotePort && localAddress && localPort) {
       this.probe?.track(rank, { rankSide: endpoint(remoteAddress, remotePort), serverSide: endpoint(localAddress, localPort) });
     }
-    // Every rank is there: find their processes now, while they initialise, not when a barrier stalls.
-    if (this.byRank.size === this.opts.size) void this.probe?.prepare();
+    // Every rank is there: find their processes now, while they initialise, not when a barrier
+    // stalls. A lone rank has nobody to stall on (and a job of one rank no helper to pay for).
+    if (this.byRank.size === this.opts.size && this.opts.size > 1) void this.probe?.prepare();
     this.send(client, `cmd=initack\ncmd=set size=${this.opts.size}\ncmd=set rank=${rank}\ncmd=set debug=0\n`);
     this.emit('connect', rank);
   }
