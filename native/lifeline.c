@@ -38,7 +38,7 @@
 #include "common/proc.h"
 #include "common/sf.h"
 
-enum { EXIT_UNUSABLE = 125, EXIT_CANNOT_RUN = 126, EXIT_NOT_FOUND = 127 };
+enum { EXIT_UNUSABLE = 125 };
 
 static const int forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT, SIGWINCH, SIGALRM};
 
@@ -85,26 +85,15 @@ static int lifeline__init(struct lifeline *l) {
   return 0;
 }
 
-/* In the child: joins its own process group and becomes PROGRAM. */
-static void __attribute__((noreturn)) lifeline__exec(struct lifeline *l, pid_t parent) {
-  setpgid(0, 0);
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  /* lifeline may have died before the line above: then nobody would kill us. */
-  if (getppid() != parent) _exit(EXIT_UNUSABLE);
-  sigprocmask(SIG_SETMASK, &l->old_mask, NULL);
-  execvp(l->prog[0], l->prog);
-  int code = errno == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_RUN;
-  if (errno == ENOENT) sf_err(0, "%s: command not found", l->prog[0]);
-  else sf_err(-errno, "%s", l->prog[0]);
-  _exit(code);
-}
-
 static int lifeline__start(struct lifeline *l) {
   pid_t parent = getpid();
   fflush(NULL);
   pid_t pid = fork();
   if (pid < 0) return sf_err(-errno, "fork"), -errno;
-  if (pid == 0) lifeline__exec(l, parent);
+  if (pid == 0) {
+    setpgid(0, 0);
+    sf_become_child(l->prog, parent, &l->old_mask);
+  }
   /* Also here, so that the group exists before any kill of it (either call may come first). */
   setpgid(pid, pid);
   l->child = pid;

@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -39,7 +38,7 @@
 #include "common/parent.h"
 #include "common/sf.h"
 
-enum { EXIT_UNUSABLE = 125, EXIT_CANNOT_RUN = 126, EXIT_NOT_FOUND = 127, REPORT_TIMEOUT_MS = 2000 };
+enum { EXIT_UNUSABLE = 125, REPORT_TIMEOUT_MS = 2000 };
 
 static const int forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT, SIGWINCH, SIGALRM};
 
@@ -87,23 +86,12 @@ static int rankwatch__init(struct rankwatch *w) {
   return 0;
 }
 
-static void __attribute__((noreturn)) rankwatch__exec(struct rankwatch *w, pid_t parent) {
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent) _exit(EXIT_UNUSABLE); /* we died before the line above */
-  sigprocmask(SIG_SETMASK, &w->old_mask, NULL);
-  execvp(w->prog[0], w->prog);
-  int code = errno == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_RUN;
-  if (errno == ENOENT) sf_err(0, "%s: command not found", w->prog[0]);
-  else sf_err(-errno, "%s", w->prog[0]);
-  _exit(code);
-}
-
 static int rankwatch__start(struct rankwatch *w) {
   pid_t parent = getpid();
   fflush(NULL);
   pid_t pid = fork();
   if (pid < 0) return sf_err(-errno, "fork"), -errno;
-  if (pid == 0) rankwatch__exec(w, parent);
+  if (pid == 0) sf_become_child(w->prog, parent, &w->old_mask);
   w->child = pid;
   return 0;
 }

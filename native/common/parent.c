@@ -1,10 +1,12 @@
 /* What our helpers do as parents: see parent.h. */
 #define _GNU_SOURCE
 #include "parent.h"
+#include "sf.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,6 +30,18 @@ void sf_stdio_to_null(void) {
   for (int fd = 0; fd <= 2; fd++)
     if (fd != null) dup2(null, fd);
   if (null > 2) close(null);
+}
+
+void sf_become_child(char **prog, pid_t parent, const sigset_t *mask) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  /* The wrapper may have died before the line above: then nobody would kill us. */
+  if (getppid() != parent) _exit(125);
+  sigprocmask(SIG_SETMASK, mask, NULL);
+  execvp(prog[0], prog);
+  int code = errno == ENOENT ? 127 : 126;
+  if (errno == ENOENT) sf_err(0, "%s: command not found", prog[0]);
+  else sf_err(-errno, "%s", prog[0]);
+  _exit(code);
 }
 
 int sf_end_like(int status) {
