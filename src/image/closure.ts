@@ -26,7 +26,7 @@ const PLUGIN_DIRS: Record<MpiRuntime, string[]> = {
 };
 
 /**
- * Programs and data the runtime itself needs in the guest: Open MPI's daemon (--launch native),
+ * Programs and data the runtime itself needs in the guest: Hydra's proxy and Open MPI's daemon (--launch native),
  * help texts and defaults (/etc/openmpi's openmpi-mca-params.conf), and libpmix's, which a
  * direct-launched rank reads (pmix2/share: pmix-mca-params.conf names the plugin directory, and
  * the help texts of its errors). What a direct-launched Open MPI rank opens, traced on the host:
@@ -34,7 +34,7 @@ const PLUGIN_DIRS: Record<MpiRuntime, string[]> = {
  */
 const RUNTIME_FILES: Record<MpiRuntime, string[]> = {
   none: [],
-  mpich: [],
+  mpich: ['/usr/bin/hydra_pmi_proxy'],
   openmpi: ['/usr/bin/orted', '/usr/share/openmpi', '/etc/openmpi', `${LIBDIR}/openmpi/lib/libmca_common_ucx.so`, `${LIBDIR}/pmix2/share`],
 };
 
