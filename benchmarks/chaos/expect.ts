@@ -64,15 +64,16 @@ export function expectedStatus(plan: JobPlan, landing: Landing | null): Expectat
 }
 
 /**
- * Hydra's mpiexec under --launch native reports a rank's failure in its own way (the README says
- * so): the MPI error the failure caused in the other ranks (15), or 255 for a lost proxy. Its status
- * is then any failure, not the table's number; the job must still end and leave nothing.
+ * Hydra's mpiexec under --launch native reports a rank killed or a proxy lost in its own way (the
+ * README says so): the MPI error the failure caused in the other ranks (15), or 255. Its status is
+ * then any failure, not the table's number; the job must still end and leave nothing. A rank's exit
+ * with a code follows the table (its rankwatch tells sfmpirun), as in a direct launch.
  */
 function launcherOwn(plan: JobPlan, landing: Landing | null): Expectation | null {
-  if (plan.mpi !== 'hydra') return null;
+  if (plan.mpi !== 'hydra' || plan.kind === 'exit') return null;
   // A holder takes SIGTERM without dying (PID 1 of its namespace): no rank fails then.
   const survived = plan.kind === 'holder' && plan.signal === 'SIGTERM' && landing?.role !== 'holder-parent';
-  const rankFailed = plan.kind === 'exit' || ((plan.kind === 'rank' || plan.kind === 'holder' || plan.kind === 'qemu') && landing?.delivered && landing.launched && !survived);
+  const rankFailed = ((plan.kind === 'rank' || plan.kind === 'holder' || plan.kind === 'qemu') && landing?.delivered && landing.launched && !survived);
   return rankFailed ? { statuses: Array.from({ length: 255 }, (_, i) => i + 1), rule: "--launch native with Hydra: mpiexec's own failure status (README)" } : null;
 }
 
