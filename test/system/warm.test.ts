@@ -123,6 +123,18 @@ describe('warm service: networks made ahead for jobs', function () {
     await assertNoLeaks([...used], stateDir);
   });
 
+  it('serves jobs that ask at once: some lease, the others make their own, all leave nothing', async () => {
+    service = await startService(2);
+    const runs = await Promise.all([1, 2, 3, 4].map(() => sfmpirun(['-np', '2', hello()])));
+    for (const r of runs) expect(r.code, r.stderr).to.equal(0);
+    const tickets = runs.map((r) => r.report!.ticket!);
+    expect(new Set(tickets).size).to.equal(4);
+    const s = await statusWhen((x) => x.returning === 0 && x.ready.length === 2);
+    expect(s.leases).to.equal(runs.filter((r) => r.report!.warm).length);
+    expect(s.leases + s.misses).to.equal(4);
+    await assertNoLeaks(tickets, stateDir);
+  });
+
   it('SNOWFLOCK_WARM=off: the job makes its own network and the service keeps its own', async () => {
     service = await startService(1);
     const before = await status();
