@@ -120,6 +120,7 @@ export class Engine {
         openPorts: [],
         kept: opts.keep ?? false,
         shared,
+        ...(opts.warm ? { warm: true } : {}),
       },
       provider,
       span?.id,

@@ -173,7 +173,7 @@ export async function psCommand(args: EngineArgs): Promise<number> {
   }
   process.stdout.write(
     table(
-      ['TICKET', 'PROVIDER', 'CLONES', 'SUBNET', 'OWNER', 'KEPT', 'CREATED'],
+      ['TICKET', 'PROVIDER', 'CLONES', 'SUBNET', 'OWNER', 'KEPT', 'WARM', 'CREATED'],
       tickets.map((t) => [
         t.ticket.id,
         t.ticket.provider,
@@ -181,6 +181,8 @@ export async function psCommand(args: EngineArgs): Promise<number> {
         t.ticket.network.subnet || '-',
         `${t.owner.pid}${t.owner.alive ? '' : ' (gone)'}`,
         t.ticket.kept ? 'yes' : 'no',
+        // Its network made ahead by the warm service: ready for a job (0 clones), or leased by one.
+        t.ticket.warm ? 'yes' : 'no',
         t.createdAt,
       ]),
     ),

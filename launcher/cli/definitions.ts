@@ -86,7 +86,7 @@ export const COMMANDS: CommandDef[] = [
       report: { type: 'string', value: 'FILE', description: 'Write a JSON record of the run (phases, clones and their host, exit statuses) to FILE' },
     },
   },
-  { name: 'ps', usage: 'ps', summary: 'List live tickets', details: 'Lists live tickets: provider, number of clones, subnet, owner process, whether kept, and when each was made.' },
+  { name: 'ps', usage: 'ps', summary: 'List live tickets', details: 'Lists live tickets: provider, number of clones, subnet, owner process, whether kept, whether its network came from the warm service (snowflock warm: ready ones have 0 clones), and when each was made.' },
   {
     name: 'down',
     usage: 'down <tickets..>',

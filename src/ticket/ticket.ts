@@ -43,6 +43,8 @@ export interface TicketOptions {
   share?: string[];
   /** This host's part of a ticket whose clones span hosts (src/hosts/); absent: every clone is here. */
   span?: TicketSpan;
+  /** Made ahead by the warm service (src/warm/), for a job to lease (Ticket.warm). */
+  warm?: boolean;
 }
 
 /**

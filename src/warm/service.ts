@@ -165,7 +165,7 @@ export class WarmService {
   private async makeUntilFull(): Promise<void> {
     try {
       while (!this.stopping && this.ready.length < this.size) {
-        this.ready.push(await this.engine.requestTicket(1, { provider: 'netns' }));
+        this.ready.push(await this.engine.requestTicket(1, { provider: 'netns', warm: true }));
       }
     } catch (e) {
       log.error(`cannot make a warm network: ${(e as Error).message}`);

@@ -6,7 +6,7 @@
  * SIGKILL and its reapers); a job SIGKILLed on a leased network is removed by its own reaper; a
  * job whose service is gone (a stale socket) or off (SNOWFLOCK_WARM=off) makes its own network.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'chai';
@@ -79,6 +79,15 @@ describe('warm service: networks made ahead for jobs', function () {
     service = await startService(2);
     const before = await status();
     expect(before.ready).to.have.length(2);
+    // snowflock ps names them as warm networks, ready (no clones yet).
+    const ps = spawnSync(process.execPath, ['--import', tsx, snowflock, 'ps'], { env: { ...process.env, SNOWFLOCK_STATE_DIR: stateDir }, encoding: 'utf8' });
+    const [head, ...rows] = ps.stdout.trim().split('\n').map((l) => l.split(/\s+/));
+    const col = (name: string) => head!.indexOf(name);
+    for (const id of before.ready) {
+      const row = rows.find((r) => r[0] === id);
+      expect(row, ps.stdout).to.not.equal(undefined);
+      expect([row![col('CLONES')], row![col('WARM')]]).to.deep.equal(['0', 'yes']);
+    }
     const run = await sfmpirun(['-np', '2', hello()]);
     expect(run.code, run.stderr).to.equal(0);
     expect(run.stdout.toString()).to.match(/hello rank 1 of 2/);
