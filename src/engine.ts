@@ -193,13 +193,22 @@ export class Engine {
     return (await this.store.read(ticket.id)) !== null;
   }
 
-  /** The warm service's side: adopts a ticket a job gave back (its teardown is then this engine's: kill). */
+  /**
+   * The warm service's side: adopts a warm ticket a job gave back, or one it leased that no job
+   * adopted (its teardown is then this engine's: kill). Null for a ticket that is gone or was never
+   * a warm one: a job's own ticket is never taken from it.
+   */
   async takeBack(ticketId: string): Promise<Ticket | null> {
     if (!TICKET_ID.test(ticketId)) throw new UsageError(`${JSON.stringify(ticketId)} is not a ticket id`);
     const record = await this.store.read(ticketId);
-    if (!record) return null;
+    if (!record?.ticket.warm) return null;
     const entry = await this.adopt(ticketId, await this.provider(record.ticket.provider), () => {});
     return entry?.ledger.ticket ?? null;
+  }
+
+  /** Whether the ticket's record names the process `pid` as its owner (false when it has none). */
+  async ownedBy(ticketId: string, pid: number): Promise<boolean> {
+    return (await this.store.read(ticketId))?.owner.pid === pid;
   }
 
   /** Lets the ticket's clones open TCP connections to this host port on the gateway address. */

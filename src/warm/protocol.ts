@@ -34,6 +34,8 @@ export interface WarmStatus {
   returns: number;
   /** Leases refused because none was ready (the job made its own). */
   misses: number;
+  /** Leased networks that no job adopted within a few seconds (it died first), torn down. */
+  abandoned: number;
 }
 
 export type Reply = { ok: true; ticket?: string; status?: WarmStatus } | { ok: false; why: string };

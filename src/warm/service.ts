@@ -22,6 +22,9 @@ const log = logger('warm');
 /** After a lease, a fresh network is made this much later: not while the job that took it starts. */
 const REFILL_AFTER_LEASE_MS = 1000;
 
+/** A job adopts a leased network within milliseconds; one that has not after this never will. */
+const ADOPT_WITHIN_MS = 5000;
+
 /** Each network is a /24 of the pool: a service keeps at most this many of them. */
 export const MAX_NETWORKS = 64;
 
@@ -33,7 +36,9 @@ export class WarmService {
   private refillTimer: NodeJS.Timeout | null = null;
   private refillAt = 0;
   private stopping = false;
-  private readonly counts = { leases: 0, returns: 0, misses: 0 };
+  /** Leased tickets, until the check that a job adopted each (confirmLater). */
+  private readonly unconfirmed = new Map<string, NodeJS.Timeout>();
+  private readonly counts = { leases: 0, returns: 0, misses: 0, abandoned: 0 };
 
   constructor(
     private readonly engine: Engine,
@@ -71,6 +76,8 @@ export class WarmService {
   async stop(): Promise<void> {
     this.stopping = true;
     if (this.refillTimer) clearTimeout(this.refillTimer);
+    // A leased network a job has not adopted yet is left to the reaper this process leaves.
+    for (const t of this.unconfirmed.values()) clearTimeout(t);
     const server = this.server;
     if (server) {
       // Only a service that listened removes the socket: one refused at start leaves the other's.
@@ -117,6 +124,7 @@ export class WarmService {
       if (!(await this.engine.handOver(t))) continue; // removed under us (snowflock cleanup --all)
       this.counts.leases++;
       this.refillLater(REFILL_AFTER_LEASE_MS);
+      this.confirmLater(t.id);
       log.info(`network of ticket ${t.id} leased`);
       return { ok: true, ticket: t.id };
     }
@@ -125,11 +133,33 @@ export class WarmService {
     return { ok: false, why: 'no network ready' };
   }
 
+  /**
+   * A job that leased a network and died before it adopted it (its record still names this
+   * process): nobody else would ever remove it while the service lives. Taken back and torn down.
+   */
+  private confirmLater(id: string): void {
+    const timer = setTimeout(() => {
+      this.unconfirmed.delete(id);
+      void this.engine
+        .ownedBy(id, process.pid)
+        .then((mine) => {
+          if (!mine) return;
+          log.warn(`network of ticket ${id} was leased but never taken: tearing it down`);
+          return this.takeBack(id, 'abandoned');
+        })
+        .catch((e: Error) => log.error(`ticket ${id}: ${e.message}`));
+    }, ADOPT_WITHIN_MS);
+    this.unconfirmed.set(id, timer);
+  }
+
   /** Owns the ticket again before answering, so the job may exit; tears it down after. */
-  private async takeBack(id: string): Promise<Reply> {
+  private async takeBack(id: string, why: 'returns' | 'abandoned' = 'returns'): Promise<Reply> {
     const ticket = await this.engine.takeBack(id);
     if (!ticket) return { ok: false, why: `no ticket ${id} to take back` };
-    this.counts.returns++;
+    // Given back: the job adopted it, and the record names this process again now.
+    clearTimeout(this.unconfirmed.get(id));
+    this.unconfirmed.delete(id);
+    this.counts[why]++;
     const work = this.engine.kill(ticket).then(
       () => log.info(`network of ticket ${id} torn down`),
       (e: Error) => log.error(`ticket ${id}: ${e.message}`),

@@ -11,6 +11,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { projectRoot } from '../../src/common/paths.js';
+import { Engine } from '../../src/engine.js';
 import { ask } from '../../src/warm/client.js';
 import { socketPath, type WarmStatus } from '../../src/warm/protocol.js';
 import { assertNoLeaks } from '../helpers/leaks.js';
@@ -142,6 +143,29 @@ describe('warm service: networks made ahead for jobs', function () {
     expect(s.leases).to.equal(runs.filter((r) => r.report!.warm).length);
     expect(s.leases + s.misses).to.equal(4);
     await assertNoLeaks(tickets, stateDir);
+  });
+
+  it('a network leased by a job that died before it took it is torn down, and only a warm one is taken back', async () => {
+    service = await startService(1);
+    // The real protocol, as a job that is killed right after its lease would leave it.
+    const leased = await ask(stateDir, { op: 'lease' });
+    expect(leased?.ok && leased.ticket, JSON.stringify(leased)).to.be.a('string');
+    const id = (leased as { ticket: string }).ticket;
+    await assertNoLeaks([id], stateDir, 10_000);
+    const s = await statusWhen((x) => x.ready.length === 1 && x.ready[0] !== id);
+    expect([s.returns, s.abandoned]).to.deep.equal([0, 1]);
+    // A job's own ticket is not the service's to take.
+    const run = await sfmpirun(['-np', '1', '--keep', hello()]);
+    expect(run.code, run.stderr).to.equal(0);
+    const kept = run.report!.ticket!;
+    try {
+      const refused = await ask(stateDir, { op: 'return', ticket: kept });
+      expect(refused).to.deep.equal({ ok: false, why: `no ticket ${kept} to take back` });
+      expect(leftovers(kept)).to.not.deep.equal([]);
+    } finally {
+      await new Engine({ stateDir }).kill(kept);
+    }
+    expect(leftovers(kept)).to.deep.equal([]);
   });
 
   it('SNOWFLOCK_WARM=off: the job makes its own network and the service keeps its own', async () => {
