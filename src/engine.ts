@@ -152,7 +152,7 @@ export class Engine {
    * at teardown once its processes are dead.
    */
   private async takeWarm(n: number, provider: Provider, shared: string[]): Promise<Ticket | null> {
-    const id = await timed(log, 'lease of a warm network', () => lease(this.config.stateDir));
+    const id = await timed(log, 'lease of a warm network', () => lease(this.config.stateDir, this.config.pool));
     if (!id) return null;
     const adopted = await this.adopt(id, provider, (t) => {
       Object.assign(t, { provider: provider.name, requested: n, granted: n, kept: false, shared, warm: true });

@@ -39,9 +39,9 @@ export function ask(stateDir: string, request: Request, timeoutMs = ANSWER_MS): 
   });
 }
 
-/** The id of a ready network the service handed over, or null. */
-export async function lease(stateDir: string): Promise<string | null> {
-  const r = await ask(stateDir, { op: 'lease' });
+/** The id of a ready network inside `pool` that the service handed over, or null. */
+export async function lease(stateDir: string, pool: string): Promise<string | null> {
+  const r = await ask(stateDir, { op: 'lease', pool });
   return r?.ok && r.ticket ? r.ticket : null;
 }
 

@@ -6,7 +6,7 @@
  * dead, so that deleting the network (the kernel's RCU waits, about 40 ms a bridge) happens after
  * the job, on the service's time.
  *
- *   {"op":"lease"}             -> {"ok":true,"ticket":"1a2b3c"} | {"ok":false,"why":"..."}
+ *   {"op":"lease","pool":CIDR} -> {"ok":true,"ticket":"1a2b3c"} | {"ok":false,"why":"..."}
  *   {"op":"return","ticket":T} -> {"ok":true} once the service owns T (its reaper, its record)
  *   {"op":"status"}            -> {"ok":true,"status":{...}}
  *
@@ -20,7 +20,8 @@ export function socketPath(stateDir: string): string {
   return join(stateDir, 'warm.sock');
 }
 
-export type Request = { op: 'lease' } | { op: 'return'; ticket: string } | { op: 'status' };
+/** A lease names the job's address pool (SNOWFLOCK_POOL): only a network inside it will do. */
+export type Request = { op: 'lease'; pool: string } | { op: 'return'; ticket: string } | { op: 'status' };
 
 export interface WarmStatus {
   pid: number;

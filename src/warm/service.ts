@@ -12,6 +12,7 @@ import { chmod, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { UsageError } from '../common/errors.js';
 import { logger } from '../common/log.js';
+import { overlaps, parsePool } from '../network/pool.js';
 import type { Engine } from '../engine.js';
 import type { Ticket } from '../ticket/ticket.js';
 import { ask } from './client.js';
@@ -108,7 +109,7 @@ export class WarmService {
     const req = JSON.parse(line) as Request;
     switch (req.op) {
       case 'lease':
-        return this.lease();
+        return this.lease(req.pool);
       case 'return':
         return this.takeBack(req.ticket);
       case 'status':
@@ -118,9 +119,13 @@ export class WarmService {
     }
   }
 
-  private async lease(): Promise<Reply> {
+  /** The first ready network inside the job's address pool (a job may have a SNOWFLOCK_POOL of its own). */
+  private async lease(pool: string): Promise<Reply> {
     if (this.stopping) return { ok: false, why: 'stopping' };
-    for (let t = this.ready.shift(); t; t = this.ready.shift()) {
+    const cidr = parsePool(pool).cidr;
+    const inPool = (t: Ticket) => overlaps(t.network.subnet, cidr);
+    for (let i = this.ready.findIndex(inPool); i >= 0; i = this.ready.findIndex(inPool)) {
+      const t = this.ready.splice(i, 1)[0]!;
       if (!(await this.engine.handOver(t))) continue; // removed under us (snowflock cleanup --all)
       this.counts.leases++;
       this.refillLater(REFILL_AFTER_LEASE_MS);

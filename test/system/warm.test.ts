@@ -10,6 +10,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'chai';
+import { settings } from '../../src/common/config.js';
 import { projectRoot } from '../../src/common/paths.js';
 import { Engine } from '../../src/engine.js';
 import { ask } from '../../src/warm/client.js';
@@ -148,7 +149,7 @@ describe('warm service: networks made ahead for jobs', function () {
   it('a network leased by a job that died before it took it is torn down, and only a warm one is taken back', async () => {
     service = await startService(1);
     // The real protocol, as a job that is killed right after its lease would leave it.
-    const leased = await ask(stateDir, { op: 'lease' });
+    const leased = await ask(stateDir, { op: 'lease', pool: settings().pool });
     expect(leased?.ok && leased.ticket, JSON.stringify(leased)).to.be.a('string');
     const id = (leased as { ticket: string }).ticket;
     await assertNoLeaks([id], stateDir, 10_000);
@@ -168,7 +169,7 @@ describe('warm service: networks made ahead for jobs', function () {
     expect(leftovers(kept)).to.deep.equal([]);
   });
 
-  it('SNOWFLOCK_WARM=off: the job makes its own network and the service keeps its own', async () => {
+  it('SNOWFLOCK_WARM=off, or a pool of its own: the job makes its own network and the service keeps its own', async () => {
     service = await startService(1);
     const before = await status();
     const run = await sfmpirun(['-np', '1', hello()], { env: { SNOWFLOCK_WARM: 'off' } });
@@ -176,6 +177,13 @@ describe('warm service: networks made ahead for jobs', function () {
     expect(run.report!.warm).to.equal(false);
     expect((await status()).ready).to.deep.equal(before.ready);
     expect(leftovers(run.report!.ticket!)).to.deep.equal([]);
+    // A job whose address pool (SNOWFLOCK_POOL) holds none of the service's networks makes its own, in its pool.
+    const other = await sfmpirun(['-np', '1', hello()], { env: { SNOWFLOCK_POOL: '10.214.0.0/16' } });
+    expect(other.code, other.stderr).to.equal(0);
+    expect(other.report!.warm).to.equal(false);
+    expect(other.report!.clones[0]!.address).to.match(/^10\.214\./);
+    expect((await status()).ready).to.deep.equal(before.ready);
+    expect(leftovers(other.report!.ticket!)).to.deep.equal([]);
   });
 
   it('a job SIGKILLed on a leased network is removed by its own reaper', async () => {
