@@ -16,14 +16,14 @@
  * PMI socket (PMI_FD, the proxy's for PROGRAM) open until we have reported: a proxy kills the
  * process whose socket closes before it finalized, and that must not cut the report short.
  *
- * When PROGRAM exits with a code other than 0 or is killed, one line goes to ADDR:PORT over TCP,
- * "RANK exit CODE" or "RANK signal N" (RANK from PMI_RANK), within REPORT_TIMEOUT_MS. A report that
+ * The TCP connection to ADDR:PORT is made before PROGRAM starts and stays open while it runs. When
+ * PROGRAM exits with a code other than 0 or is killed, one line goes over it, "RANK exit CODE" or
+ * "RANK signal N" (RANK from PMI_RANK), within REPORT_TIMEOUT_MS. A report that
  * cannot be sent is said on stderr; the exit status stays PROGRAM's either way. Exit codes of its
  * own: 125 bad usage or no resources, 126 PROGRAM not executable, 127 PROGRAM not found.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -46,6 +46,7 @@ struct rankwatch {
   struct sockaddr_in to;
   char **prog;
   int sigfd;
+  int report; /* the connection to sfmpirun, or -errno */
   pid_t child;
   sigset_t old_mask;
 };
@@ -109,48 +110,64 @@ static int rankwatch__wait(struct rankwatch *w) {
   }
 }
 
-/* Connects within the deadline (a clone whose gateway does not answer must not hold the rank up). */
-static int rankwatch__connect(const struct rankwatch *w) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return -errno;
-  if (connect(fd, (const struct sockaddr *)&w->to, sizeof w->to) < 0 && errno != EINPROGRESS) {
-    int err = -errno;
-    close(fd);
-    return err;
+/*
+ * Starts the connection to sfmpirun before PROGRAM runs, without waiting for it: when PROGRAM
+ * fails, the report is then one write. It must beat Hydra: the other ranks see PROGRAM's sockets
+ * close at once, may abort, and Hydra's cleanup SIGKILLs every rank, us included.
+ */
+static void rankwatch__dial(struct rankwatch *w) {
+  w->report = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (w->report < 0) {
+    w->report = -errno;
+    return;
   }
-  struct pollfd pf = {.fd = fd, .events = POLLOUT};
+  if (connect(w->report, (const struct sockaddr *)&w->to, sizeof w->to) < 0 && errno != EINPROGRESS) {
+    int err = -errno;
+    close(w->report);
+    w->report = err;
+  }
+}
+
+/* The dialled connection once it is up, within the deadline (a gateway that does not answer must not hold us). */
+static int rankwatch__connected(struct rankwatch *w) {
+  if (w->report < 0) return w->report;
+  struct pollfd pf = {.fd = w->report, .events = POLLOUT};
   int err = 0;
   socklen_t len = sizeof err;
   int n = poll(&pf, 1, REPORT_TIMEOUT_MS);
   if (n == 0) err = ETIMEDOUT;
-  else if (n < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
-  if (err) {
-    close(fd);
-    return -err;
-  }
-  fcntl(fd, F_SETFL, 0);
-  return fd;
+  else if (n < 0 || getsockopt(w->report, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  return err ? -err : w->report;
 }
 
 /* Tells sfmpirun how PROGRAM failed; says so on stderr if it cannot. */
-static void rankwatch__report(const struct rankwatch *w, int status) {
+static void rankwatch__report(struct rankwatch *w, int status) {
   const char *rank = getenv("PMI_RANK");
   char line[96];
   if (WIFSIGNALED(status)) snprintf(line, sizeof line, "%s signal %d\n", rank ? rank : "-1", WTERMSIG(status));
   else snprintf(line, sizeof line, "%s exit %d\n", rank ? rank : "-1", WEXITSTATUS(status));
-  int fd = rankwatch__connect(w);
+  int fd = rankwatch__connected(w);
+  /* A few bytes into an empty socket buffer: the non-blocking write takes them whole. */
   int err = fd < 0 ? fd : sf_write_all(fd, line, strlen(line));
-  if (fd >= 0) close(fd);
   if (err < 0) sf_err(err, "cannot tell sfmpirun that rank %s failed", rank ? rank : "?");
+}
+
+static void rankwatch__exit(struct rankwatch *w) {
+  if (w->sigfd >= 0) close(w->sigfd);
+  if (w->report >= 0) close(w->report);
 }
 
 int main(int argc, char **argv) {
   sf_prog("rankwatch");
-  struct rankwatch w = {.sigfd = -1};
+  struct rankwatch w = {.sigfd = -1, .report = -ENOTCONN};
   if (rankwatch__parse(&w, argc, argv) < 0) return EXIT_UNUSABLE;
-  if (rankwatch__init(&w) < 0 || rankwatch__start(&w) < 0) return EXIT_UNUSABLE;
+  rankwatch__dial(&w);
+  if (rankwatch__init(&w) < 0 || rankwatch__start(&w) < 0) {
+    rankwatch__exit(&w);
+    return EXIT_UNUSABLE;
+  }
   int status = rankwatch__wait(&w);
-  close(w.sigfd);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) rankwatch__report(&w, status);
+  rankwatch__exit(&w);
   return sf_end_like(status);
 }

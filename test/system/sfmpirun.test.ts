@@ -328,10 +328,11 @@ describe('sfmpirun', function () {
     });
 
     it("ends a Hydra job whose rank exits with a code while the others wait, with the rank's status", async function () {
-      // Hydra alone waits for good here: each clone has a proxy of its own, and mpiexec cleans up
-      // the other proxies only for a rank killed by a signal (native/rankwatch tells us instead).
+      // Hydra alone waits for good here: each clone has a proxy of its own, mpiexec cleans up the
+      // other proxies only for a rank killed by a signal, and the others, past their wire-up, see
+      // no MPI error (exitwait). native/rankwatch tells us instead.
       this.timeout(60_000);
-      const run = await sfmpirun(['--launch', 'native', '-np', '3', program('exit3')]);
+      const run = await sfmpirun(['--launch', 'native', '-np', '3', program('exitwait')]);
       expect(run.code, run.stderr).to.equal(3);
       const summary = run.stderr.trim().split('\n').pop();
       expect(summary).to.match(/^sfmpirun: rank 2 \(clone sf[0-9a-f]{6}-2\) exited with code 3$/);

@@ -2,7 +2,7 @@
  * MPICH on VM clones through Hydra (sfmpirun --provider vm --launch native): mpiexec on the host
  * starts its proxies inside the VMs through the remote-shell shim and the guest agent (the image
  * carries hydra_pmi_proxy), each rank runs in native/rankwatch there, and a rank that exits with a
- * code ends the job with that status although the others wait for it.
+ * code ends the job with that status although the others wait for it (exitwait: they see no error).
  */
 import { expect } from 'chai';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -30,7 +30,7 @@ describe('MPICH on VM clones through Hydra (sfmpirun --provider vm --launch nati
   });
 
   it("ends the job when a rank exits with a code while the others wait, with the rank's status", async () => {
-    const run = await sfmpirun(['--provider', 'vm', '--launch', 'native', '-np', '3', program('exit3')], { cwd });
+    const run = await sfmpirun(['--provider', 'vm', '--launch', 'native', '-np', '3', program('exitwait')], { cwd });
     expect(run.code, run.stderr).to.equal(3);
     expect(run.stderr.trim().split('\n').pop()).to.match(/^sfmpirun: rank 2 \(clone sf[0-9a-f]{6}-2\) exited with code 3$/);
     expect(leftovers(run.report!.ticket!)).to.deep.equal([]);

@@ -4,7 +4,7 @@
  * CODE" or "RANK signal N"). Hydra alone ends a job early only when a rank is killed by a signal;
  * with this, a rank's exit code ends it as in a direct launch (run.ts applies the same policy).
  */
-import { createServer, type Server } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { logger } from '../../../src/common/log.js';
 import { signalName } from '../../../src/common/signals.js';
 
@@ -31,12 +31,18 @@ export interface RankWatch {
   close(): void;
 }
 
-/** Listens on the gateway; `onFailure` hears each rank's failure once. */
+/**
+ * Listens on the gateway; `onFailure` hears each rank's failure once. Each rankwatch connects as
+ * its rank starts and stays connected while it runs (its report is then one write, ahead of
+ * Hydra's cleanup): the connections end with their ranks, or with close().
+ */
 export function listenForRankFailures(gateway: string, onFailure: (f: RankFailure) => void): Promise<RankWatch> {
   const heard = new Set<number>();
+  const open = new Set<Socket>();
   const server: Server = createServer((sock) => {
+    open.add(sock);
     let buf = '';
-    sock.setTimeout(5000, () => sock.destroy());
+    sock.on('close', () => open.delete(sock));
     sock.on('error', () => sock.destroy());
     sock.on('data', (d) => {
       buf = (buf + d.toString('latin1')).slice(-256);
@@ -50,11 +56,15 @@ export function listenForRankFailures(gateway: string, onFailure: (f: RankFailur
       onFailure(f);
     });
   });
+  const close = () => {
+    server.close();
+    for (const sock of open) sock.destroy();
+  };
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen({ host: gateway, port: 0 }, () => {
       const address = server.address();
-      resolve({ port: typeof address === 'object' && address ? address.port : 0, close: () => server.close() });
+      resolve({ port: typeof address === 'object' && address ? address.port : 0, close });
     });
   });
 }
