@@ -2,7 +2,8 @@
  * A VM clone keeps the host's time (issue 13): its kernel runs tickless on the TSC at the host's
  * measured rate (native/build/tsc-khz), so its wall clock must stay with the host's, not run
  * fast (told 1 GHz, a 2.6 GHz host's TSC made guest time go 2.6 times too fast) or slow; and an
- * idle clone is idle.
+ * idle clone is idle. And its CPU model (machine.ts, cpuModel) is the one that copies memory fast
+ * under TCG.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -13,6 +14,7 @@ import { expect } from 'chai';
 import { settings } from '../../src/common/config.js';
 import type { Clone } from '../../src/providers/clone.js';
 import type { Engine } from '../../src/engine.js';
+import { chooseAccel } from '../../src/providers/vm/machine.js';
 import { buildNative } from '../helpers/native.js';
 import { qemuPids, vmEngine } from '../helpers/vm.js';
 
@@ -72,6 +74,16 @@ describe('VM clones keep time', function () {
     await sleep(3000);
     const perSecond = ((cpuTicks(qemu) - before) * 10) / 3; // ms of CPU per second (100 ticks a second)
     expect(perSecond, 'ms of CPU per second of an idle clone').to.be.below(30);
+    await engine.kill(t);
+  });
+
+  it('a TCG clone has no ERMS, so its kernel and libc copy memory 8 bytes a step, not 1', async function () {
+    if (chooseAccel() !== 'tcg') this.skip(); // under KVM the guest has the host's CPU
+    const t = await engine.requestTicket(1, { provider: 'vm' });
+    const [clone] = await engine.createClones(t, await engine.checkpoint(t, { programs: [], mpi: 'none' }));
+    const flags = (await out(clone!, 'grep -m1 ^flags /proc/cpuinfo')).split(/\s+/);
+    expect(flags, 'rep movsb/stosb, which TCG emulates one byte per iteration').to.not.include('erms');
+    expect(flags, 'rep movsq, which the guest kernel uses instead').to.include('rep_good');
     await engine.kill(t);
   });
 });

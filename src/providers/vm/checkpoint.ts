@@ -21,7 +21,7 @@ import { logger, timed, type Logger } from '../../common/log.js';
 import { contentKey } from '../../image/cache.js';
 import type { GuestImage } from '../../image/index.js';
 import { buildDescriptor, descriptorPath, worksetPath } from '../../memory/descriptor.js';
-import { type Accel, bootAndGreet, CMDLINE_KIND, kernelCommandLine, killQuietly, qemuBinary, type VmSpec, vmFiles } from './machine.js';
+import { type Accel, bootAndGreet, CMDLINE_KIND, cpuModel, kernelCommandLine, killQuietly, qemuBinary, type VmSpec, vmFiles } from './machine.js';
 import { Qmp } from './qmp.js';
 
 const PREFIX = 'snowflock-tpl-';
@@ -56,8 +56,8 @@ export function guestRamMiB(image: GuestImage): number {
 export function templateKey(image: GuestImage, accel: Accel, ramMiB: number): string {
   const qemu = qemuBinary() ?? '';
   const st = qemu ? statSync(qemu) : null;
-  // The kind of kernel command line too: a template booted with another one would clone its behaviour.
-  return contentKey(FORMAT, image.key, accel, String(ramMiB), qemu, String(st?.mtimeMs ?? 0), CMDLINE_KIND);
+  // The kind of kernel command line and the CPU model too: a template booted with others would clone their behaviour.
+  return contentKey(FORMAT, image.key, accel, String(ramMiB), qemu, String(st?.mtimeMs ?? 0), CMDLINE_KIND, cpuModel(accel));
 }
 
 function readTemplate(dir: string): Template | null {
