@@ -5,6 +5,10 @@
  * to 4 MiB. Rounds alternate the two; per size the best of all rounds is kept (the program already
  * keeps the best of its trials: on a shared host, polling ranks are descheduled at random).
  *
+ * Also the same ping-pong between two VM clones (TCG here), with the baseline build's in turn when
+ * one is given (--baseline): what the guests' emulated copies cost (machine.ts, cpuModel). At most
+ * 3 rounds of it (about 11 s a run under TCG).
+ *
  * Run: npm run build && npm run bench -- --only traffic [--rounds R]   (as root)
  */
 import { spawnSync } from 'node:child_process';
@@ -31,7 +35,15 @@ export interface TrafficRow {
   /** The same between clones of the baseline build (--baseline), when one was given. */
   baselineUsec?: number;
   baselineMibs?: number;
+  /** Between two VM clones, this build and the baseline's. */
+  vmUsec?: number;
+  vmMibs?: number;
+  baselineVmUsec?: number;
+  baselineVmMibs?: number;
 }
+
+/** Rounds of the VM ping-pong at most: a run takes about 11 s under TCG. */
+const VM_ROUNDS = 3;
 
 /** "pingpong BYTES USEC MIBS" lines of the program. */
 export function parsePingPong(stdout: string): PingPongPoint[] {
@@ -81,9 +93,19 @@ export async function benchTraffic(rounds = 5, baseline?: string): Promise<{ whe
     }
     process.stderr.write(`bench traffic: round ${i + 1}/${rounds}\n`);
   }
+  const vmArgs = ['--provider', 'vm', ...sfArgs.slice(2)];
+  const vms: PingPongPoint[][] = [];
+  const oldVms: PingPongPoint[][] = [];
+  for (let i = 0; i < Math.min(rounds, VM_ROUNDS); i++) {
+    const pair: [PingPongPoint[][], string[]][] = [[vms, [process.execPath, dist, ...vmArgs]], ...(baseline ? [[oldVms, [process.execPath, baseline, ...vmArgs]] as [PingPongPoint[][], string[]]] : [])];
+    for (const [into, argv] of i % 2 === 0 ? pair : [...pair].reverse()) into.push(runOnce(argv));
+    process.stderr.write(`bench traffic: VM round ${i + 1}\n`);
+  }
   const c = best(clones);
   const h = best(host);
   const o = best(old);
+  const v = best(vms);
+  const ov = best(oldVms);
   const rows = [...c.keys()]
     .filter((b) => h.has(b))
     .sort((a, b) => a - b)
@@ -94,6 +116,8 @@ export async function benchTraffic(rounds = 5, baseline?: string): Promise<{ whe
       clonesMibs: c.get(bytes)!.mibs,
       hydraMibs: h.get(bytes)!.mibs,
       ...(o.has(bytes) ? { baselineUsec: o.get(bytes)!.usec, baselineMibs: o.get(bytes)!.mibs } : {}),
+      ...(v.has(bytes) ? { vmUsec: v.get(bytes)!.usec, vmMibs: v.get(bytes)!.mibs } : {}),
+      ...(ov.has(bytes) ? { baselineVmUsec: ov.get(bytes)!.usec, baselineVmMibs: ov.get(bytes)!.mibs } : {}),
     }));
   return { when: new Date().toISOString(), rounds, load: [load0, loadavg()[0]!], rows, ...(baseline ? { baselineFrom: baseline } : {}) };
 }
@@ -127,9 +151,32 @@ export function trafficMarkdown(r: Awaited<ReturnType<typeof benchTraffic>>): st
         (withBase ? ` ${x.baselineMibs?.toFixed(0) ?? '–'} | ${x.baselineMibs === undefined ? '–' : (x.baselineMibs / x.hydraMibs).toFixed(2)} |` : ''),
     ),
     '',
+    ...vmMarkdown(r.rows, shown),
     `Command: \`npm run build && npm run bench -- --only traffic --rounds ${r.rounds}${r.baselineFrom ? ` --baseline ${r.baselineFrom}` : ''}\` (as root; every size is in benchmarks/out/traffic.json).`,
     '',
   ].join('\n');
+}
+
+/** The VM clones' table: this build, and the baseline's where it ran. */
+function vmMarkdown(rows: TrafficRow[], shown: TrafficRow[]): string[] {
+  if (!rows.some((x) => x.vmMibs !== undefined)) return [];
+  const withBase = rows.some((x) => x.baselineVmMibs !== undefined);
+  const peak = (k: 'vmMibs' | 'baselineVmMibs') => Math.max(...rows.map((x) => x[k] ?? 0));
+  return [
+    `Between two VM clones (TCG, the same program and UCX settings, best of up to ${VM_ROUNDS} rounds${withBase ? ', alternating with the baseline build' : ''}): peak ${peak('vmMibs').toFixed(0)} MiB/s` +
+      (withBase ? `, baseline ${peak('baselineVmMibs').toFixed(0)} MiB/s: **${(peak('vmMibs') / peak('baselineVmMibs')).toFixed(2)}×**.` : '.'),
+    '',
+    '| size | VM clones one-way | VM clones MiB/s |' + (withBase ? ' baseline one-way | baseline MiB/s | this / baseline (bandwidth) |' : ''),
+    '|---:|---:|---:|' + (withBase ? '---:|---:|---:|' : ''),
+    ...shown
+      .filter((x) => x.vmUsec !== undefined)
+      .map(
+        (x) =>
+          `| ${size(x.bytes)} | ${x.vmUsec!.toFixed(1)} µs | ${x.vmMibs!.toFixed(1)} |` +
+          (withBase ? ` ${x.baselineVmUsec?.toFixed(1) ?? '–'} µs | ${x.baselineVmMibs?.toFixed(1) ?? '–'} | ${x.baselineVmMibs ? (x.vmMibs! / x.baselineVmMibs).toFixed(2) : '–'} |` : ''),
+      ),
+    '',
+  ];
 }
 
 export const trafficBenchmark: Benchmark = {
