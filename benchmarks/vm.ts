@@ -213,6 +213,12 @@ function snowflockRun(bin: string, n: number, stateDir: string, report: boolean)
   return { wallS, provisionS };
 }
 
+/** Whether a build's `snowflock run` has --report (older baselines do not). */
+function hasReport(bin: string): boolean {
+  const r = spawnSync(process.execPath, [bin, 'run', '--help'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+  return /--report\b/.test(r.stdout ?? '');
+}
+
 /** The template (for clones) and the image alone (for cold boots), made through a ticket of one. */
 async function makeCheckpoints(engine: Engine): Promise<Record<'cold' | 'clone', Checkpoint>> {
   const t = await engine.requestTicket(1, { provider: 'vm' });
@@ -259,13 +265,14 @@ export async function benchVm(
     // Whole `snowflock run`, this build and the baseline's in turn (each first once to make its template).
     const mine = join(root, 'dist/launcher/bin/snowflock.js');
     const theirs = baseline ? join(dirname(resolve(baseline)), 'snowflock.js') : null;
+    const theirsReport = theirs ? hasReport(theirs) : false;
     if (runSizes.length) {
       snowflockRun(mine, 1, stateDir, true);
-      if (theirs) snowflockRun(theirs, 1, stateDir, false);
+      if (theirs) snowflockRun(theirs, 1, stateDir, theirsReport);
     }
     for (const n of runSizes) {
       const a = snowflockRun(mine, n, stateDir, true);
-      const b = theirs ? snowflockRun(theirs, n, stateDir, false) : null;
+      const b = theirs ? snowflockRun(theirs, n, stateDir, theirsReport) : null;
       runs.push({ n, wallS: a.wallS, provisionS: a.provisionS, ...(b ? { baselineWallS: b.wallS, baselineProvisionS: b.provisionS } : {}) });
       process.stderr.write(`bench vm: snowflock run -n ${n}: ${JSON.stringify(runs.at(-1))}\n`);
     }
@@ -317,13 +324,13 @@ export function markdown(r: Awaited<ReturnType<typeof benchVm>>): string {
           '',
           `Whole \`snowflock run -n N --provider vm -- true\` (template cached; provision is its report's phase: ticket, network, N clones ready, the working directory mounted in each)${r.baselineFrom ? `, this build and the baseline (${r.baselineFrom.replace(/sfmpirun\.js$/, 'snowflock.js')}) in turn` : ''}:`,
           '',
-          '| N | wall | provision |' + (r.baselineFrom ? ' baseline wall | wall this / baseline |' : ''),
-          '|---:|---:|---:|' + (r.baselineFrom ? '---:|---:|' : ''),
+          '| N | wall | provision |' + (r.baselineFrom ? ' baseline wall | baseline provision | wall this / baseline |' : ''),
+          '|---:|---:|---:|' + (r.baselineFrom ? '---:|---:|---:|' : ''),
           ...r.runs.map(
             (x) =>
               `| ${x.n} | ${f(x.wallS)} | ${f(x.provisionS)} |` +
               (r.baselineFrom
-                ? ` ${f(x.baselineWallS ?? null)} | ${x.wallS && x.baselineWallS ? (x.wallS / x.baselineWallS).toFixed(2) : '–'} |`
+                ? ` ${f(x.baselineWallS ?? null)} | ${x.baselineProvisionS == null ? '–' : f(x.baselineProvisionS)} | ${x.wallS && x.baselineWallS ? (x.wallS / x.baselineWallS).toFixed(2) : '–'} |`
                 : ''),
           ),
         ]
