@@ -23,7 +23,9 @@
  *
  * With --serve it answers requests on stdin until EOF: one line of PIDs separated by spaces in,
  * their socket lines out, then a line holding only '.'. The PMI server keeps one such helper per
- * job, so that a look at its ranks costs no process start.
+ * job, so that a look at its ranks costs no process start. A request of `*` means every process
+ * but the helper itself: inside a VM clone (where the guest image carries this program at the
+ * same path), every process of the guest is the job's, and the host cannot name their PIDs.
  *
  * A process that is gone or not ours to look at is skipped with one line on stderr; the exit
  * status is 0 unless the arguments are wrong (2).
@@ -145,10 +147,25 @@ static int process__describe(int pid) {
   return err;
 }
 
+/* `*`: every process in /proc but this one (those that cannot be looked at are skipped quietly). */
+static void request__answer_all(void) {
+  DIR *proc = opendir("/proc");
+  struct dirent *e;
+  while (proc && (e = readdir(proc))) {
+    long pid;
+    if (sf_parse_long(e->d_name, 1, 1L << 22, &pid) == 0 && pid != getpid()) (void)process__describe((int)pid);
+  }
+  if (proc) closedir(proc);
+}
+
 /* Describes every process named in one request line; a token that is not a PID is skipped. */
 static void request__answer(char *line) {
   for (char *tok = strtok(line, " \t\r\n"); tok; tok = strtok(NULL, " \t\r\n")) {
     long pid;
+    if (strcmp(tok, "*") == 0) {
+      request__answer_all();
+      continue;
+    }
     if (sf_parse_long(tok, 1, 1L << 22, &pid) < 0) {
       sf_err(0, "not a process ID: '%.32s'", tok);
       continue;

@@ -17,11 +17,15 @@
  * without error handling, which MPICH's are (wireup/select.c). So such bytes prove that the sender
  * is in its close and cannot arrive at the barrier until the barrier lets the blocked rank go.
  *
- * Ranks are looked for among this process's descendants only (netns clones and host processes;
- * ranks inside VMs are not visible, and then the probe says so and proves nothing).
+ * Ranks are looked for among this process's descendants (netns clones and host processes), and in
+ * each VM guest the probe was given one for (`guests`: native/sockets run in the clone through its
+ * agent, asked for every process of the guest, all of which are the job's). Endpoints on the
+ * ticket network are unique across clones, so sockets seen in different guests are matched as on
+ * one host. A rank found nowhere (another host's clone) leaves the look not `visible`; it proves
+ * nothing about that rank.
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import { SocketLister, socketsHelper, TCP_ESTABLISHED, type HeldSocket } from './sockets.js';
+import { SocketLister, socketsHelper, TCP_ESTABLISHED, type HelperStarter, type HeldSocket } from './sockets.js';
 
 /** A rank's PMI connection, as canonical endpoints (sockets.ts `endpoint`). */
 export interface PmiConnection {
@@ -45,10 +49,28 @@ export interface Look {
   stuck: Map<number, Evidence>;
 }
 
+/** Where a rank's process was found: this host (index 0), or a guest (1 and on). */
 interface RankProcess {
+  space: number;
   pid: number;
-  /** /proc/PID/stat starttime: a reused PID has another. */
+  /** /proc/PID/stat starttime on this host: a reused PID has another ('' in a guest). */
   start: string;
+}
+
+/** Where rank processes may be: this host's /proc below `ancestor`, or a whole VM guest. */
+interface Space {
+  lister: SocketLister;
+  host: boolean;
+}
+
+export interface RankProbeOptions {
+  /** native/sockets on this host. */
+  helper?: string;
+  /** Ranks on this host are descendants of this process. */
+  ancestor?: number;
+  proc?: string;
+  /** One helper per VM clone whose guest may hold ranks (HelperStarter runs it there). */
+  guests?: HelperStarter[];
 }
 
 /** Least time between two scans for rank processes (a stray client can connect again and again). */
@@ -58,24 +80,23 @@ export class RankProbe {
   private readonly connections = new Map<number, PmiConnection>();
   private readonly processes = new Map<number, RankProcess>();
   private readonly io = new Map<number, { counters: string; changedAt: number }>();
-  /** Ranks looked for since they connected (found or not: ranks inside VMs are never found). */
+  /** Ranks looked for since they connected (found or not: a rank on another host is never found). */
   private readonly searched = new Set<number>();
   private scan: Promise<void> | null = null;
   private lastScan = -Infinity;
-  private readonly sockets: SocketLister;
+  private readonly spaces: Space[];
+  private readonly ancestor: number;
+  private readonly proc: string;
 
-  constructor(
-    helper = socketsHelper(),
-    /** Ranks are descendants of this process. */
-    private readonly ancestor = process.pid,
-    private readonly proc = '/proc',
-  ) {
-    this.sockets = new SocketLister(helper);
+  constructor(opts: RankProbeOptions = {}) {
+    this.ancestor = opts.ancestor ?? process.pid;
+    this.proc = opts.proc ?? '/proc';
+    this.spaces = [{ lister: new SocketLister(opts.helper ?? socketsHelper()), host: true }, ...(opts.guests ?? []).map((g) => ({ lister: new SocketLister(g), host: false }))];
   }
 
-  /** Stops its helper process. */
+  /** Stops its helper processes. */
   close(): void {
-    this.sockets.close();
+    for (const s of this.spaces) s.lister.close();
   }
 
   /** Rank `rank` connected; `connection` identifies its process. */
@@ -93,7 +114,7 @@ export class RankProbe {
   prepare(): Promise<void> {
     // A scan reads every process's stat and asks the helper: not more often than this.
     if (!this.scan && performance.now() - this.lastScan < SCAN_INTERVAL_MS) return Promise.resolve();
-    this.sockets.start();
+    for (const s of this.spaces) s.lister.start();
     this.scan ??= this.resolve().finally(() => {
       this.scan = null;
       this.lastScan = performance.now();
@@ -122,11 +143,10 @@ export class RankProbe {
     for (const r of all) {
       const p = this.processes.get(r);
       // Gone (or its PID reused): a rank that exited is not waiting on anyone.
-      if (p && startOf(p.pid, this.proc) !== p.start) this.processes.delete(r);
+      if (p && this.spaces[p.space]!.host && startOf(p.pid, this.proc) !== p.start) this.processes.delete(r);
     }
     if (all.some((r) => this.connections.has(r) && !this.searched.has(r))) await this.prepare();
-    const rankOf = new Map(all.filter((r) => this.processes.has(r)).map((r) => [this.processes.get(r)!.pid, r]));
-    const sockets = (await this.sockets.list([...rankOf.keys()])).map((s) => ({ ...s, rank: rankOf.get(s.pid)! }));
+    const sockets = await this.socketsOf(all.filter((r) => this.processes.has(r)));
     const isPmi = (s: { rank: number; local: string }) => s.local === this.connections.get(s.rank)?.rankSide;
     const owners = new Map<string, number>();
     const traffic = new Map<number, number>();
@@ -144,12 +164,26 @@ export class RankProbe {
     return { visible: all.every((r) => this.processes.has(r)), stuck };
   }
 
+  /** The sockets of the ranks' processes, each with its rank: every space asked at once. */
+  private async socketsOf(ranks: number[]): Promise<(HeldSocket & { rank: number })[]> {
+    const lists = await Promise.all(
+      this.spaces.map(async (space, i) => {
+        const rankOf = new Map(ranks.filter((r) => this.processes.get(r)!.space === i).map((r) => [this.processes.get(r)!.pid, r]));
+        if (rankOf.size === 0) return [];
+        const found = await space.lister.list(space.host ? [...rankOf.keys()] : 'all');
+        return found.flatMap((s) => (rankOf.has(s.pid) ? [{ ...s, rank: rankOf.get(s.pid)! }] : []));
+      }),
+    );
+    return lists.flat();
+  }
+
   /** Notes when each rank's bytes over TCP or its read and write call counts last changed. */
   private sampleActivity(ranks: number[], traffic: Map<number, number>): void {
     const now = performance.now();
     for (const r of ranks) {
       const p = this.processes.get(r);
-      if (!p) continue;
+      // A guest's /proc is not ours to read: there only PMI traffic tells (barrier.ts).
+      if (!p || !this.spaces[p.space]!.host) continue;
       const io = procText(`${this.proc}/${p.pid}/io`);
       // A rank spinning in ucp_worker_progress moves no bytes and makes no read or write calls.
       const calls = ['syscr', 'syscw'].map((k) => new RegExp(`^${k}: (\\d+)$`, 'm').exec(io)?.[1] ?? '?');
@@ -169,11 +203,15 @@ export class RankProbe {
       this.searched.add(r);
     }
     if (wanted.size === 0) return;
-    const sockets: HeldSocket[] = await this.sockets.list(this.descendants());
-    for (const s of sockets) {
-      const r = wanted.get(`${s.local} ${s.remote}`);
-      if (r !== undefined && !this.processes.has(r)) this.processes.set(r, { pid: s.pid, start: startOf(s.pid, this.proc) });
-    }
+    await Promise.all(
+      this.spaces.map(async (space, i) => {
+        const sockets = await space.lister.list(space.host ? this.descendants() : 'all');
+        for (const s of sockets) {
+          const r = wanted.get(`${s.local} ${s.remote}`);
+          if (r !== undefined && !this.processes.has(r)) this.processes.set(r, { space: i, pid: s.pid, start: space.host ? startOf(s.pid, this.proc) : '' });
+        }
+      }),
+    );
   }
 
   /** PIDs of every process below `ancestor`. */

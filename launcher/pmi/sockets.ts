@@ -3,11 +3,13 @@
  * bytes waiting in each (unread by the holder, unacknowledged by the peer). One spelling per
  * endpoint, so that the two ends of a connection, seen from two processes, can be matched.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
 import ipaddr from 'ipaddr.js';
 import { settings } from '../../src/common/config.js';
+import type { Clone } from '../../src/providers/clone.js';
 
 export const TCP_ESTABLISHED = 1;
 
@@ -75,31 +77,76 @@ const REQUEST_TIMEOUT_MS = 5000;
 const MAX_STARTS = 3;
 
 interface Request {
-  pids: number[];
+  /** PIDs, or every process the helper can see ('all': inside a VM clone, see native/sockets.c). */
+  pids: number[] | 'all';
   done: (sockets: HeldSocket[]) => void;
 }
 
+/** A `native/sockets --serve` running somewhere: its pipes, how to end it, and its end. */
+export interface HelperProcess {
+  stdin: Writable;
+  stdout: Readable;
+  kill(): void;
+  /** Settles once it has exited (or could not start). */
+  exited: Promise<unknown>;
+}
+
+/** Starts the helper: on this host (hostHelper), or in a VM clone through its agent. */
+export type HelperStarter = () => HelperProcess;
+
+/** The helper on this host. It never keeps the launcher alive, and dies with it (PR_SET_PDEATHSIG). */
+export function hostHelper(helper = socketsHelper()): HelperStarter {
+  return () => {
+    const child = spawn(helper, ['--serve'], { stdio: ['pipe', 'pipe', 'ignore'] });
+    const exited = new Promise((settle) => {
+      child.on('error', settle);
+      child.on('exit', settle);
+    });
+    child.unref();
+    (child.stdin as unknown as Socket).unref();
+    (child.stdout as unknown as Socket).unref();
+    return { stdin: child.stdin!, stdout: child.stdout!, kill: () => child.kill('SIGKILL'), exited };
+  };
+}
+
 /**
- * One `native/sockets --serve` kept for all the looks of a job: a look costs no process start
- * (which, on a loaded host, took longer than the look itself). One request at a time, in order;
- * never rejects: a helper that is missing, fails or hangs gives [] (nothing known).
+ * The helper inside a clone, through its agent: a VM guest image of an MPICH job carries it at
+ * its host path (src/image/index.ts). What it writes on stderr (processes it skipped) is dropped.
+ */
+export function cloneHelper(clone: Pick<Clone, 'spawn'>, helper = socketsHelper()): HelperStarter {
+  return () => {
+    const p = clone.spawn([helper, '--serve'], { env: { PATH: '/usr/bin:/bin:/usr/sbin:/sbin' }, cwd: '/', stdin: 'pipe', channel: 'agent' });
+    p.stderr.resume();
+    if (!p.stdin) throw new Error('the helper in the clone has no stdin');
+    return { stdin: p.stdin, stdout: p.stdout, kill: () => p.kill('SIGKILL'), exited: p.exited };
+  };
+}
+
+/**
+ * One helper kept for all the looks of a job: a look costs no process start (which, on a loaded
+ * host, took longer than the look itself). One request at a time, in order; never rejects: a
+ * helper that is missing, fails or hangs gives [] (nothing known).
  */
 export class SocketLister {
-  private child: ChildProcess | null = null;
+  private child: HelperProcess | null = null;
   private starts = 0;
   private readonly queue: Request[] = [];
   private current: { req: Request; lines: string[]; timer: NodeJS.Timeout } | null = null;
   private partial = '';
   private closed = false;
+  private readonly starter: HelperStarter;
 
-  constructor(private readonly helper = socketsHelper()) {}
+  /** A path: that helper on this host; or how to start one elsewhere. */
+  constructor(helper: string | HelperStarter = socketsHelper()) {
+    this.starter = typeof helper === 'string' ? hostHelper(helper) : helper;
+  }
 
   /** Starts the helper now, so that the first look does not wait for it. */
   start(): void {
     if (!this.child && !this.closed && this.starts < MAX_STARTS) this.spawn();
   }
 
-  list(pids: number[]): Promise<HeldSocket[]> {
+  list(pids: number[] | 'all'): Promise<HeldSocket[]> {
     if (pids.length === 0 || this.closed) return Promise.resolve([]);
     return new Promise((done) => {
       this.queue.push({ pids, done });
@@ -114,17 +161,17 @@ export class SocketLister {
 
   private spawn(): void {
     this.starts++;
-    const child = spawn(this.helper, ['--serve'], { stdio: ['pipe', 'pipe', 'ignore'] });
+    let child: HelperProcess;
+    try {
+      child = this.starter();
+    } catch {
+      return; // nothing to look with: every request gets []
+    }
     this.child = child;
-    child.on('error', () => this.lost(child));
-    child.on('exit', () => this.lost(child));
-    child.stdin!.on('error', () => this.lost(child));
-    child.stdout!.setEncoding('latin1');
-    child.stdout!.on('data', (chunk: string) => this.onOutput(chunk));
-    // It must never keep the launcher alive; it also dies with it (PR_SET_PDEATHSIG).
-    child.unref();
-    (child.stdin as unknown as Socket).unref();
-    (child.stdout as unknown as Socket).unref();
+    void child.exited.then(() => this.lost(child));
+    child.stdin.on('error', () => this.lost(child));
+    child.stdout.setEncoding('latin1');
+    child.stdout.on('data', (chunk: string) => this.onOutput(chunk));
   }
 
   private next(): void {
@@ -138,7 +185,7 @@ export class SocketLister {
     const timer = setTimeout(() => this.stop(), REQUEST_TIMEOUT_MS);
     timer.unref();
     this.current = { req, lines: [], timer };
-    this.child.stdin!.write(`${req.pids.join(' ')}\n`);
+    this.child.stdin.write(`${req.pids === 'all' ? '*' : req.pids.join(' ')}\n`);
   }
 
   private onOutput(chunk: string): void {
@@ -167,12 +214,12 @@ export class SocketLister {
     const child = this.child;
     if (child) {
       this.child = null;
-      child.kill('SIGKILL');
+      child.kill();
     }
     this.fail();
   }
 
-  private lost(child: ChildProcess): void {
+  private lost(child: HelperProcess): void {
     if (this.child !== child) return;
     this.child = null;
     this.fail();

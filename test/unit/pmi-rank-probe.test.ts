@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { RankProbe } from '../../launcher/pmi/rank-probe.js';
-import { endpoint, parseEndpoint, parseSockets, SocketLister, socketsHelper } from '../../launcher/pmi/sockets.js';
+import { endpoint, hostHelper, parseEndpoint, parseSockets, SocketLister, socketsHelper } from '../../launcher/pmi/sockets.js';
 
 /**
  * A child that connects to `pmiPort` (its "PMI connection"), listens, and optionally connects to
@@ -129,6 +129,30 @@ describe('rank probe and native/sockets', function () {
     // Seen from the other side: nothing is waiting for the quiet rank.
     expect([...(await probe.look([1], [0, 2])).stuck]).to.deep.equal([]);
     probe.close();
+  });
+
+  it('finds ranks among every process of a guest, whose PIDs it cannot name, and proves the stall there', async () => {
+    const a = await rank(); // inside the barrier, reads nothing
+    const sender = await rank(a.port, 25); // outside, sent 25 bytes a has not read
+    // No rank below `ancestor`: a VM's ranks are not this process's children. The "guest" is a
+    // helper asked for every process it can see, as native/sockets is inside a clone.
+    const probe = new RankProbe({ ancestor: -1, guests: [hostHelper()] });
+    const blind = new RankProbe({ ancestor: -1 });
+    for (const p of [probe, blind]) {
+      p.track(0, tracked(a.conn));
+      p.track(1, tracked(sender.conn));
+      await p.prepare();
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    const look = await probe.look([0], [1]);
+    expect(look.visible).to.equal(true);
+    expect([...look.stuck]).to.deep.equal([[1, { waitsOn: 0, unread: 25 }]]);
+    // Without the guest, the same ranks are nowhere to be seen, and nothing is proven.
+    const nothing = await blind.look([0], [1]);
+    expect(nothing.visible).to.equal(false);
+    expect([...nothing.stuck]).to.deep.equal([]);
+    probe.close();
+    blind.close();
   });
 
   it('notices a rank that moves data, and one that is gone', async () => {
