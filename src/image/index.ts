@@ -66,9 +66,11 @@ async function composeTree(src: ImageSource, kernel: GuestKernel): Promise<Guest
   const files = await closure((src.programs ?? []).map((p) => resolve(p)), src.mpi ?? 'none');
   const dropbear = await lddLibraries(DROPBEAR);
   const dbclient = existsSync(DBCLIENT) ? [DBCLIENT, ...(await lddLibraries(DBCLIENT)).libs] : [];
-  // MPICH's ranks under Hydra (--launch native) run in native/rankwatch, at its host path.
-  const rankwatch = src.mpi === 'mpich' ? [join(src.nativeDir, 'rankwatch')].filter((f) => existsSync(f)) : [];
-  for (const f of [...files, ...rankwatch, DROPBEAR, ...dropbear.libs, ...dbclient, BUSYBOX]) t.hostPath(f);
+  // For MPICH, at their host paths: native/rankwatch, in which ranks run under Hydra (--launch
+  // native), and native/sockets, which the PMI server's rank probe runs in the guest to see a
+  // finalize stall (launcher/pmi/rank-probe.ts).
+  const mpichHelpers = src.mpi === 'mpich' ? ['rankwatch', 'sockets'].map((p) => join(src.nativeDir, p)).filter((f) => existsSync(f)) : [];
+  for (const f of [...files, ...mpichHelpers, DROPBEAR, ...dropbear.libs, ...dbclient, BUSYBOX]) t.hostPath(f);
   if (dbclient.length && !t.has('/usr/bin/ssh')) t.symlink('/usr/bin/ssh', 'dbclient');
 
   // busybox applets as links next to busybox, where they do not shadow a real program.

@@ -50,6 +50,8 @@ describe('guest image', function () {
     expect([...names].some((n) => /libmpich\.so\.12/.test(n))).to.equal(true);
     expect([...names].some((n) => /\/ucx\/libuct_tcp\.so|\/libuct\.so/.test(n))).to.equal(true);
     expect([...names].some((n) => /virtio_net\.ko$/.test(n))).to.equal(true);
+    // MPICH's helpers at their host paths: rankwatch (ranks under Hydra) and sockets (the rank probe).
+    for (const helper of ['rankwatch', 'sockets']) expect(names, helper).to.include(join(nativeDir, helper));
     // The dynamic loader where programs name it (on a merged-/usr host, through the /lib64 link).
     expect(names).to.include('/lib64');
     expect([...names].some((n) => n.endsWith('/ld-linux-x86-64.so.2'))).to.equal(true);

@@ -32,7 +32,9 @@ import { logger, timed } from '../../../src/common/log.js';
 import type { Clone, CloneProcess, ExitStatus } from '../../../src/providers/clone.js';
 import type { Ticket } from '../../../src/ticket/ticket.js';
 import { processMapping } from '../../pmi/mapping.js';
+import { RankProbe } from '../../pmi/rank-probe.js';
 import { PmiServer } from '../../pmi/server.js';
+import { cloneHelper } from '../../pmi/sockets.js';
 import { OPENMPI_DIRECT_LAUNCH, openMpiJobDirs } from '../../pmix/openmpi.js';
 import { defaultBinary, type JobSpec as PmixJobSpec } from '../../pmix/server.js';
 import { PmixJob, type PmixHost } from '../../pmix/servers.js';
@@ -152,13 +154,24 @@ export class ProcessManagers {
 
   private async startPmi(): Promise<void> {
     const { job, plan, ticket, engine } = this.ctx;
-    const pmi = new PmiServer({ size: job.np, appnums: plan.ranks.map((r) => r.app), processMapping: processMapping(plan.placement), log: logger('pmi') });
+    const pmi = new PmiServer({ size: job.np, appnums: plan.ranks.map((r) => r.app), processMapping: processMapping(plan.placement), log: logger('pmi'), probe: this.rankProbe() });
     this.pmi = pmi;
     const port = await pmi.listen(ticket.network.gateway);
     await engine.openPort(ticket, port);
     pmi.on('connect', (rank) => this.contacts.contact(rank, 'pmi'));
     pmi.on('finalize', (rank) => this.contacts.finalize(rank));
     pmi.on('abort', (rank, exitcode, message) => this.aborted(rank, exitcode, message));
+  }
+
+  /**
+   * The finalize stall's probe (launcher/pmi/rank-probe.ts): this host's processes, and for VM
+   * clones the guests that hold ranks, each looked at by native/sockets run there (started only
+   * once every rank has connected, and never for a job of one rank: server.ts).
+   */
+  private rankProbe(): RankProbe {
+    const { plan, ticket, clones } = this.ctx;
+    const guests = ticket.provider === 'vm' ? [...new Set(plan.placement)].sort((a, b) => a - b).map((c) => cloneHelper(clones[c]!)) : [];
+    return new RankProbe({ guests });
   }
 
   private async startPmix(): Promise<void> {
