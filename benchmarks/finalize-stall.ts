@@ -1,12 +1,12 @@
 /**
  * The MPICH/UCX finalize stall over many rings (issue 8, finding 6): `--rings N` runs of
- * `sfmpirun --provider netns -v -np 4 ring` from this tree, and with `--baseline DIR` as many of
+ * `sfmpirun --provider netns -v -np 4 ring` (or `--provider vm`: VM clones) from this tree, and with `--baseline DIR` as many of
  * another tree's sfmpirun (e.g. the commit before the fix, built), run in turn (A B A B ...), so
  * that the machine's drift hits both alike. For each run: wall time, the run phase of --report,
  * whether the watchdog released a barrier, whether the PMI server released one on proof and how
  * soon it saw the stall, and whether every rank's output is complete. Prints JSON and a table.
  *
- *   npm run build && node dist/benchmarks/finalize-stall.js --rings 100 [--baseline /path/to/old/tree]
+ *   npm run build && node dist/benchmarks/finalize-stall.js --rings 100 [--provider vm] [--baseline /path/to/old/tree] [--results]
  *
  * As root; set SNOWFLOCK_POOL and SNOWFLOCK_STATE_DIR on a shared machine. The ring is
  * test/programs/ring_late.c with no delay (every rank prints a line after MPI_Finalize).
@@ -41,10 +41,13 @@ function ringProgram(root: string): string {
   return out;
 }
 
-function oneRing(tree: RingRun['tree'], cli: string, ring: string, scratch: string, n: number): Promise<RingRun> {
+type Provider = 'netns' | 'vm';
+
+function oneRing(tree: RingRun['tree'], cli: string, ring: string, scratch: string, n: number, provider: Provider): Promise<RingRun> {
   const report = join(scratch, `report-${tree}-${n}.json`);
   const t0 = performance.now();
-  const child = spawn(process.execPath, [cli, '--provider', 'netns', '-v', '--report', report, '-np', '4', ring, '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // VM clones mount the working directory: the project's, not the scratch directory in /tmp.
+  const child = spawn(process.execPath, [cli, '--provider', provider, '-v', '--report', report, '-np', '4', ring, '0'], { stdio: ['ignore', 'pipe', 'pipe'], cwd: projectRoot() });
   let out = '';
   let err = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -104,7 +107,7 @@ function summary(runs: RingRun[]) {
 }
 
 /** `rings` rings of this tree (and of a baseline tree, alternated), summarised, with the Markdown for RESULTS.md. */
-export async function benchFinalizeStall(rings: number, baseline: string | null): Promise<{ data: unknown; markdown: string }> {
+export async function benchFinalizeStall(rings: number, baseline: string | null, provider: Provider = 'netns'): Promise<{ data: unknown; markdown: string }> {
   const root = projectRoot();
   // One ring program for both trees: only the launcher differs.
   const ring = ringProgram(root);
@@ -115,12 +118,13 @@ export async function benchFinalizeStall(rings: number, baseline: string | null)
   const load = () => readFileSync('/proc/loadavg', 'utf8').split(' ')[0];
   const loadBefore = load();
   for (let i = 0; i < rings; i++) {
-    for (const [tree, cli] of trees) runs.push(await oneRing(tree, cli, ring, scratch, i));
+    for (const [tree, cli] of trees) runs.push(await oneRing(tree, cli, ring, scratch, i, provider));
     if ((i + 1) % 10 === 0) process.stderr.write(`${i + 1}/${rings} rings\n`);
   }
   rmSync(scratch, { recursive: true, force: true });
   const result = {
     date: new Date().toISOString(),
+    provider,
     rings,
     loadAverage: { before: loadBefore, after: load() },
     this: summary(runs.filter((r) => r.tree === 'this')),
@@ -134,16 +138,16 @@ export async function benchFinalizeStall(rings: number, baseline: string | null)
       `| ${t} | ${s.runs} | ${s.watchdog} | ${s.proven} | ${s.noStall} | ${s.failed} | ${ms(s.wallMedianMs)} | ${ms(s.wallMaxMs)} | ${ms(s.runPhaseMedianNoStallMs)} | ${ms(s.runPhaseMedianProvenMs)} | ${ms(s.runPhaseMedianWatchdogMs)} | ${ms(s.seenWithinMaxMs)} |`,
   );
   const markdown = [
-    '## MPICH finalize stall: released on proof, not by the watchdog',
+    `## MPICH finalize stall: released on proof, not by the watchdog${provider === 'vm' ? ' (VM clones)' : ''}`,
     '',
-    `${rings} rings of 4 MPICH ranks (\`sfmpirun --provider netns -np 4 ring\`, UCX over TCP between clones), ${result.date}, load average ${result.loadAverage.before} before and ${result.loadAverage.after} after.` +
+    `${rings} rings of 4 MPICH ranks (\`sfmpirun --provider ${provider} -np 4 ring\`, UCX over TCP between clones), ${result.date}, load average ${result.loadAverage.before} before and ${result.loadAverage.after} after.` +
       ' "released on proof": the PMI server saw every missing rank stuck in UCX\'s endpoint close (launcher/pmi/rank-probe.ts); "watchdog": the 3 s last resort.',
     '',
     '| tree | rings | watchdog | released on proof | no stall | failed | wall median (ms) | wall max (ms) | run phase, no stall (ms) | run phase, proven (ms) | run phase, watchdog (ms) | stall seen within, max (ms) |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...rows,
     '',
-    `Command: \`npm run build && node dist/benchmarks/finalize-stall.js --rings ${rings}${baseline ? ' --baseline OLD_TREE' : ''}\` (as root; a baseline tree is an older checkout, built).`,
+    `Command: \`npm run build && node dist/benchmarks/finalize-stall.js --rings ${rings}${provider === 'vm' ? ' --provider vm' : ''}${baseline ? ` --baseline ${baseline}` : ''}\` (as root; a baseline tree is an older checkout, built).`,
     '',
   ].join('\n');
   return { data: { ...result, runs: undefined, perRun: runs }, markdown };
@@ -166,10 +170,12 @@ async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const rings = Number(args[args.indexOf('--rings') + 1] ?? 100) || 100;
   const baseline = args.includes('--baseline') ? resolve(args[args.indexOf('--baseline') + 1]!) : null;
-  const { data, markdown } = await benchFinalizeStall(rings, baseline);
+  const provider = args.includes('--provider') ? args[args.indexOf('--provider') + 1] : 'netns';
+  if (provider !== 'netns' && provider !== 'vm') throw new Error(`--provider ${provider}: netns or vm`);
+  const { data, markdown } = await benchFinalizeStall(rings, baseline, provider);
   console.log(JSON.stringify(data, (k, v) => (k === 'perRun' ? undefined : v), 2));
   console.log(markdown);
-  if (args.includes('--results')) writeSection('finalize-stall', markdown);
+  if (args.includes('--results')) writeSection(provider === 'vm' ? 'finalize-stall-vm' : 'finalize-stall', markdown);
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) await main();
