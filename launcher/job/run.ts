@@ -27,7 +27,7 @@ import { FailureScanner, launchNative, nativeOutcome } from './launch/native.js'
 import type { RankFailure } from './launch/rankwatch.js';
 import { ProcessManagers, startRanks, type RankContact, type StartedRank } from './launch/direct.js';
 import { planJob, type JobPlan } from './plan.js';
-import type { MemoryFigures } from '../../src/memory/report.js';
+import { readSettled, type MemoryFigures } from '../../src/memory/report.js';
 import { PhaseClock, writeReport, type JobReport } from './report.js';
 import { JobStopper, stopGraceMs } from './signals.js';
 import { spanningEngine } from './span.js';
@@ -245,7 +245,8 @@ async function teardown(r: Running, keep: boolean): Promise<void> {
   await r.pms?.close(keep);
   const ticket = r.ticket;
   if (!ticket) return;
-  if (r.job.reportFile && r.clones.length) r.memory = await r.engine.memoryFigures?.(ticket).catch(() => null) ?? null;
+  const figures = r.engine.memoryFigures?.bind(r.engine);
+  if (r.job.reportFile && r.clones.length && figures) r.memory = await readSettled(() => figures(ticket)).catch(() => null);
   if (keep) {
     writeLine(
       r.io.stderr,

@@ -91,3 +91,30 @@ export function serverFigures(address: string, c: ServerCounters, group?: string
     multicast: m && group ? { group, receivers: m.receivers, pushSet: m.pushSet, passes: m.passes, allComplete: m.allComplete, pushMs: m.pushMs } : null,
   };
 }
+
+/** Longest readSettled waits for the counters to stop moving, and the pause between two reads. */
+const SETTLE_MS = 1000;
+const SETTLE_STEP_MS = 50;
+
+/** What must agree between two reads: every host's pages fetched and every server's data sent. */
+function moving(f: MemoryFigures | null): string {
+  return f ? JSON.stringify([f.hosts.map((h) => [h.host, h.pagesFetched, h.bytesReceived]), f.servers.map((s) => [s.address, s.dataBytes, s.bytesSent])]) : 'none';
+}
+
+/**
+ * The figures once two reads 50 ms apart agree (within a second; the last read otherwise). The
+ * helpers are read while the clones still run, on several hosts at once: a page the memserver has
+ * sent and a memtap not yet counted made the report's sums disagree (server data 6 pages more than
+ * the hosts' pages, once in a CI run), and a report that does not add up is not one to parse.
+ */
+export async function readSettled(read: () => Promise<MemoryFigures | null>): Promise<MemoryFigures | null> {
+  const until = performance.now() + SETTLE_MS;
+  let last = await read();
+  while (last && performance.now() < until) {
+    await new Promise((r) => setTimeout(r, SETTLE_STEP_MS));
+    const now = await read();
+    if (moving(now) === moving(last)) return now;
+    last = now;
+  }
+  return last;
+}
