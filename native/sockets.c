@@ -23,9 +23,11 @@
  *
  * With --serve it answers requests on stdin until EOF: one line of PIDs separated by spaces in,
  * their socket lines out, then a line holding only '.'. The PMI server keeps one such helper per
- * job, so that a look at its ranks costs no process start. A request of `*` means every process
- * but the helper itself: inside a VM clone (where the guest image carries this program at the
- * same path), every process of the guest is the job's, and the host cannot name their PIDs.
+ * job, so that a look at its ranks costs no process start. A request of `~` means every process
+ * below the one that started the helper (the helper excepted): where the launcher cannot name the
+ * ranks' PIDs. Inside a VM clone (whose image carries this program at the same path) that is the
+ * guest agent, PID 1, so every process of the guest; on a ticket's other host it is that host's
+ * snowflock agent, so the job's processes there and nothing else of the host.
  *
  * A process that is gone or not ours to look at is skipped with one line on stderr; the exit
  * status is 0 unless the arguments are wrong (2).
@@ -147,23 +149,64 @@ static int process__describe(int pid) {
   return err;
 }
 
-/* `*`: every process in /proc but this one (those that cannot be looked at are skipped quietly). */
-static void request__answer_all(void) {
+/* ppid of a /proc/PID/stat line (the command name may hold spaces and parentheses); -1 if unreadable. */
+static long stat__ppid(long pid) {
+  char path[64], text[1024];
+  snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+  FILE *f = fopen(path, "re");
+  if (!f) return -1;
+  size_t n = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  text[n] = 0;
+  const char *close = strrchr(text, ')');
+  long ppid;
+  char state;
+  return close && sscanf(close + 1, " %c %ld", &state, &ppid) == 2 ? ppid : -1;
+}
+
+/* `~`: every process below this one's parent, this one excepted (skipped quietly when not ours). */
+static void request__answer_below_parent(void) {
+  long *pids = NULL, *ppids = NULL;
+  size_t n = 0, cap = 0;
   DIR *proc = opendir("/proc");
   struct dirent *e;
   while (proc && (e = readdir(proc))) {
-    long pid;
-    if (sf_parse_long(e->d_name, 1, 1L << 22, &pid) == 0 && pid != getpid()) (void)process__describe((int)pid);
+    long pid, ppid;
+    if (sf_parse_long(e->d_name, 1, 1L << 22, &pid) < 0 || (ppid = stat__ppid(pid)) < 0) continue;
+    if (n == cap) {
+      size_t grown = cap ? 2 * cap : 256;
+      long *p = sf_realloc(pids, grown * sizeof *p), *q = p ? sf_realloc(ppids, grown * sizeof *q) : NULL;
+      if (p) pids = p;
+      if (!q) break;
+      ppids = q;
+      cap = grown;
+    }
+    pids[n] = pid;
+    ppids[n++] = ppid;
   }
   if (proc) closedir(proc);
+  /* Breadth first from the parent: `queue` holds the found PIDs, in the order they were found. */
+  long *queue = sf_array(n + 1, sizeof *queue);
+  if (queue) {
+    size_t head = 0, tail = 0;
+    queue[tail++] = getppid();
+    while (head < tail)
+      for (size_t i = 0, of = (size_t)queue[head++]; i < n; i++)
+        if ((size_t)ppids[i] == of && tail <= n) queue[tail++] = pids[i];
+    for (size_t i = 1; i < tail; i++)
+      if (queue[i] != getpid()) (void)process__describe((int)queue[i]);
+  }
+  free(queue);
+  free(pids);
+  free(ppids);
 }
 
 /* Describes every process named in one request line; a token that is not a PID is skipped. */
 static void request__answer(char *line) {
   for (char *tok = strtok(line, " \t\r\n"); tok; tok = strtok(NULL, " \t\r\n")) {
     long pid;
-    if (strcmp(tok, "*") == 0) {
-      request__answer_all();
+    if (strcmp(tok, "~") == 0) {
+      request__answer_below_parent();
       continue;
     }
     if (sf_parse_long(tok, 1, 1L << 22, &pid) < 0) {

@@ -17,12 +17,13 @@
  * without error handling, which MPICH's are (wireup/select.c). So such bytes prove that the sender
  * is in its close and cannot arrive at the barrier until the barrier lets the blocked rank go.
  *
- * Ranks are looked for among this process's descendants (netns clones and host processes), and in
- * each VM guest the probe was given one for (`guests`: native/sockets run in the clone through its
- * agent, asked for every process of the guest, all of which are the job's). Endpoints on the
- * ticket network are unique across clones, so sockets seen in different guests are matched as on
- * one host. A rank found nowhere (another host's clone) leaves the look not `visible`; it proves
- * nothing about that rank.
+ * Ranks are looked for among this process's descendants (netns clones and host processes), and
+ * wherever the probe was given a helper for (`elsewhere`): native/sockets in each VM clone through
+ * its agent, or on each other host of a ticket through that host's snowflock agent, asked for the
+ * processes below whoever started it (the guest's, or the job's on that host). Endpoints on the
+ * ticket network are unique across clones and hosts, so sockets seen in different places are
+ * matched as on one host. A rank found nowhere leaves the look not `visible`; it proves nothing
+ * about that rank.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { SocketLister, socketsHelper, TCP_ESTABLISHED, type HelperStarter, type HeldSocket } from './sockets.js';
@@ -49,15 +50,15 @@ export interface Look {
   stuck: Map<number, Evidence>;
 }
 
-/** Where a rank's process was found: this host (index 0), or a guest (1 and on). */
+/** Where a rank's process was found: this host (index 0), or elsewhere (1 and on). */
 interface RankProcess {
   space: number;
   pid: number;
-  /** /proc/PID/stat starttime on this host: a reused PID has another ('' in a guest). */
+  /** /proc/PID/stat starttime on this host: a reused PID has another ('' elsewhere). */
   start: string;
 }
 
-/** Where rank processes may be: this host's /proc below `ancestor`, or a whole VM guest. */
+/** Where rank processes may be: this host's /proc below `ancestor`, or below a helper's starter elsewhere. */
 interface Space {
   lister: SocketLister;
   host: boolean;
@@ -69,8 +70,8 @@ export interface RankProbeOptions {
   /** Ranks on this host are descendants of this process. */
   ancestor?: number;
   proc?: string;
-  /** One helper per VM clone whose guest may hold ranks (HelperStarter runs it there). */
-  guests?: HelperStarter[];
+  /** One helper per place elsewhere that may hold ranks: a VM clone, another host of the ticket. */
+  elsewhere?: HelperStarter[];
 }
 
 /** Least time between two scans for rank processes (a stray client can connect again and again). */
@@ -91,7 +92,7 @@ export class RankProbe {
   constructor(opts: RankProbeOptions = {}) {
     this.ancestor = opts.ancestor ?? process.pid;
     this.proc = opts.proc ?? '/proc';
-    this.spaces = [{ lister: new SocketLister(opts.helper ?? socketsHelper()), host: true }, ...(opts.guests ?? []).map((g) => ({ lister: new SocketLister(g), host: false }))];
+    this.spaces = [{ lister: new SocketLister(opts.helper ?? socketsHelper()), host: true }, ...(opts.elsewhere ?? []).map((g) => ({ lister: new SocketLister(g), host: false }))];
   }
 
   /** Stops its helper processes. */
@@ -170,7 +171,7 @@ export class RankProbe {
       this.spaces.map(async (space, i) => {
         const rankOf = new Map(ranks.filter((r) => this.processes.get(r)!.space === i).map((r) => [this.processes.get(r)!.pid, r]));
         if (rankOf.size === 0) return [];
-        const found = await space.lister.list(space.host ? [...rankOf.keys()] : 'all');
+        const found = await space.lister.list(space.host ? [...rankOf.keys()] : 'below');
         return found.flatMap((s) => (rankOf.has(s.pid) ? [{ ...s, rank: rankOf.get(s.pid)! }] : []));
       }),
     );
@@ -182,7 +183,7 @@ export class RankProbe {
     const now = performance.now();
     for (const r of ranks) {
       const p = this.processes.get(r);
-      // A guest's /proc is not ours to read: there only PMI traffic tells (barrier.ts).
+      // Another machine's /proc is not ours to read: there only PMI traffic tells (barrier.ts).
       if (!p || !this.spaces[p.space]!.host) continue;
       const io = procText(`${this.proc}/${p.pid}/io`);
       // A rank spinning in ucp_worker_progress moves no bytes and makes no read or write calls.
@@ -205,7 +206,7 @@ export class RankProbe {
     if (wanted.size === 0) return;
     await Promise.all(
       this.spaces.map(async (space, i) => {
-        const sockets = await space.lister.list(space.host ? this.descendants() : 'all');
+        const sockets = await space.lister.list(space.host ? this.descendants() : 'below');
         for (const s of sockets) {
           const r = wanted.get(`${s.local} ${s.remote}`);
           if (r !== undefined && !this.processes.has(r)) this.processes.set(r, { space: i, pid: s.pid, start: space.host ? startOf(s.pid, this.proc) : '' });

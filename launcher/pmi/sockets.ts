@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import ipaddr from 'ipaddr.js';
 import { settings } from '../../src/common/config.js';
-import type { Clone } from '../../src/providers/clone.js';
+import type { Clone, CloneProcess } from '../../src/providers/clone.js';
 
 export const TCP_ESTABLISHED = 1;
 
@@ -76,9 +76,14 @@ const REQUEST_TIMEOUT_MS = 5000;
 /** Helpers started per lister at most: one that keeps dying is not started again. */
 const MAX_STARTS = 3;
 
+/**
+ * PIDs, or 'below': every process below the one that started the helper (native/sockets.c `~`):
+ * a VM guest's processes, or the job's on another host, whose PIDs the launcher cannot name.
+ */
+export type Wanted = number[] | 'below';
+
 interface Request {
-  /** PIDs, or every process the helper can see ('all': inside a VM clone, see native/sockets.c). */
-  pids: number[] | 'all';
+  pids: Wanted;
   done: (sockets: HeldSocket[]) => void;
 }
 
@@ -91,7 +96,7 @@ export interface HelperProcess {
   exited: Promise<unknown>;
 }
 
-/** Starts the helper: on this host (hostHelper), or in a VM clone through its agent. */
+/** Starts the helper: on this host (hostHelper), or elsewhere (processHelper). */
 export type HelperStarter = () => HelperProcess;
 
 /** The helper on this host. It never keeps the launcher alive, and dies with it (PR_SET_PDEATHSIG). */
@@ -110,16 +115,22 @@ export function hostHelper(helper = socketsHelper()): HelperStarter {
 }
 
 /**
- * The helper inside a clone, through its agent: a VM guest image of an MPICH job carries it at
- * its host path (src/image/index.ts). What it writes on stderr (processes it skipped) is dropped.
+ * The helper as a process started elsewhere: in a clone through its agent (a VM guest image of an
+ * MPICH job carries it at its host path: src/image/index.ts), or on another host of the ticket
+ * by that host's snowflock agent. What it writes on stderr (processes it skipped) is dropped.
  */
-export function cloneHelper(clone: Pick<Clone, 'spawn'>, helper = socketsHelper()): HelperStarter {
+export function processHelper(start: () => CloneProcess): HelperStarter {
   return () => {
-    const p = clone.spawn([helper, '--serve'], { env: { PATH: '/usr/bin:/bin:/usr/sbin:/sbin' }, cwd: '/', stdin: 'pipe', channel: 'agent' });
+    const p = start();
     p.stderr.resume();
-    if (!p.stdin) throw new Error('the helper in the clone has no stdin');
+    if (!p.stdin) throw new Error('the helper has no stdin');
     return { stdin: p.stdin, stdout: p.stdout, kill: () => p.kill('SIGKILL'), exited: p.exited };
   };
+}
+
+/** The helper inside a clone, through its agent (see processHelper). */
+export function cloneHelper(clone: Pick<Clone, 'spawn'>, helper = socketsHelper()): HelperStarter {
+  return processHelper(() => clone.spawn([helper, '--serve'], { env: { PATH: '/usr/bin:/bin:/usr/sbin:/sbin' }, cwd: '/', stdin: 'pipe', channel: 'agent' }));
 }
 
 /**
@@ -146,7 +157,7 @@ export class SocketLister {
     if (!this.child && !this.closed && this.starts < MAX_STARTS) this.spawn();
   }
 
-  list(pids: number[] | 'all'): Promise<HeldSocket[]> {
+  list(pids: Wanted): Promise<HeldSocket[]> {
     if (pids.length === 0 || this.closed) return Promise.resolve([]);
     return new Promise((done) => {
       this.queue.push({ pids, done });
@@ -185,7 +196,7 @@ export class SocketLister {
     const timer = setTimeout(() => this.stop(), REQUEST_TIMEOUT_MS);
     timer.unref();
     this.current = { req, lines: [], timer };
-    this.child.stdin.write(`${req.pids === 'all' ? '*' : req.pids.join(' ')}\n`);
+    this.child.stdin.write(`${req.pids === 'below' ? '~' : req.pids.join(' ')}\n`);
   }
 
   private onOutput(chunk: string): void {

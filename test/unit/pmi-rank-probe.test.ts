@@ -131,12 +131,13 @@ describe('rank probe and native/sockets', function () {
     probe.close();
   });
 
-  it('finds ranks among every process of a guest, whose PIDs it cannot name, and proves the stall there', async () => {
+  it('finds ranks below a helper started elsewhere, whose PIDs it cannot name, and proves the stall there', async () => {
     const a = await rank(); // inside the barrier, reads nothing
     const sender = await rank(a.port, 25); // outside, sent 25 bytes a has not read
-    // No rank below `ancestor`: a VM's ranks are not this process's children. The "guest" is a
-    // helper asked for every process it can see, as native/sockets is inside a clone.
-    const probe = new RankProbe({ ancestor: -1, guests: [hostHelper()] });
+    // No rank below `ancestor`: a VM's ranks are not this process's children. "Elsewhere" is a
+    // helper asked for the processes below the one that started it (this test process, as a
+    // guest's agent or another host's), as native/sockets is inside a clone.
+    const probe = new RankProbe({ ancestor: -1, elsewhere: [hostHelper()] });
     const blind = new RankProbe({ ancestor: -1 });
     for (const p of [probe, blind]) {
       p.track(0, tracked(a.conn));
@@ -147,7 +148,7 @@ describe('rank probe and native/sockets', function () {
     const look = await probe.look([0], [1]);
     expect(look.visible).to.equal(true);
     expect([...look.stuck]).to.deep.equal([[1, { waitsOn: 0, unread: 25 }]]);
-    // Without the guest, the same ranks are nowhere to be seen, and nothing is proven.
+    // Without it, the same ranks are nowhere to be seen, and nothing is proven.
     const nothing = await blind.look([0], [1]);
     expect(nothing.visible).to.equal(false);
     expect([...nothing.stuck]).to.deep.equal([]);
