@@ -158,7 +158,7 @@ export class SocketLister {
   }
 
   list(pids: Wanted): Promise<HeldSocket[]> {
-    if (pids.length === 0 || this.closed) return Promise.resolve([]);
+    if ((pids !== 'below' && pids.length === 0) || this.closed) return Promise.resolve([]);
     return new Promise((done) => {
       this.queue.push({ pids, done });
       this.next();
