@@ -3,7 +3,7 @@
  * the job's launcher (the coordinator), proves the job secret (./channel.ts), and then does what
  * the coordinator asks, on this host, through this host's own Engine: claim the ticket's id and
  * subnet and make this host's end of its network (bridge, VXLAN, firewall), create the clones this
- * host holds, start processes in them (ranks) or snowflock's helpers next to them (sf-pmix, sockets),
+ * host holds, start processes in them (ranks) or one of snowflock's helpers next to them (sf-pmix),
  * carry their stdio, signal them, open ports, tear down. VM clones here start from the launcher's
  * template with memory on demand: the checkpoint request carries its memserver and token, and its
  * descriptor as payload, which become this engine's MemorySource (one memtap on this host). Every
@@ -40,7 +40,7 @@ export interface AgentOptions {
   host: string;
   secret: string;
   engine: Engine;
-  /** This host's native helpers (sf-pmix, sockets). */
+  /** This host's native helpers (sf-pmix). */
   nativeDir: string;
   /** The agent's stdin: its end means the launcher's side is gone. */
   lifeline?: Readable;
@@ -202,10 +202,7 @@ class Agent {
     return this.ticket;
   }
 
-  /**
-   * Starts a process in a clone, or one of this host's helpers (sf-pmix, sockets for the rank
-   * probe); its stdio and exit go to the coordinator.
-   */
+  /** Starts a process in a clone, or sf-pmix on the host; its stdio and exit go to the coordinator. */
   private async spawn(msg: MessageOf<'spawn'>): Promise<{ pid: number }> {
     const ticket = this.need();
     if ('clone' in msg.target) {
@@ -218,19 +215,16 @@ class Agent {
       void p.exited.then((st) => this.exited(msg.proc, st.code, st.signal));
       return { pid: 0 };
     }
-    const name = msg.target.helper;
-    if (name !== 'sf-pmix' && name !== 'sockets') throw new Error(`no helper ${String(name)} on this host`);
-    // This host's own binary, its environment this agent's without a PMIx wiring of its own.
-    const binary = join(this.opts.nativeDir, name);
+    // sf-pmix: this host's own binary, its environment this agent's without a PMIx wiring of its own.
     const env: NodeJS.ProcessEnv = {};
     for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('PMIX_')) env[k] = v;
-    const child: ChildProcess = spawn(binary, msg.argv, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...env, ...msg.env } });
+    const child: ChildProcess = spawn(join(this.opts.nativeDir, 'sf-pmix'), msg.argv, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...env, ...msg.env } });
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);
-      child.once('error', (e) => reject(new Error(`cannot start ${binary}: ${e.message}`)));
+      child.once('error', (e) => reject(new Error(`cannot start ${join(this.opts.nativeDir, 'sf-pmix')}: ${e.message}`)));
     });
     child.stdin!.on('error', () => {});
-    await this.opts.engine.recordProcess(ticket, child.pid!, name);
+    await this.opts.engine.recordProcess(ticket, child.pid!, 'sf-pmix');
     this.procs.set(msg.proc, {
       stdin: child.stdin,
       kill: (s) => {

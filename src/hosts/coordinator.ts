@@ -65,8 +65,6 @@ export interface TicketHost {
   openPort(port: number): Promise<void>;
   /** Starts sf-pmix on that host, stdio piped here (other hosts only: this host spawns its own). */
   spawnPmix?(): RemoteProcess & { readonly stdin: Writable };
-  /** Starts `native/sockets --serve` there, for the rank probe (other hosts only, as spawnPmix). */
-  spawnSockets?(): RemoteProcess & { readonly stdin: Writable };
 }
 
 export interface CoordinatorSettings {
@@ -364,7 +362,6 @@ export class ClusterEngine {
           dir: agent.dir,
           openPort: (port) => agent.request({ t: 'open-port', id: 0, port }, `open port ${port}`),
           spawnPmix: () => this.spawnOn(agent, { helper: 'sf-pmix' }, [], { env: {}, stdin: 'pipe' }) as RemoteProcess & { readonly stdin: Writable },
-          spawnSockets: () => this.spawnOn(agent, { helper: 'sockets' }, ['--serve'], { env: {}, stdin: 'pipe' }) as RemoteProcess & { readonly stdin: Writable },
         },
       ];
     });

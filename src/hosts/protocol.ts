@@ -91,7 +91,7 @@ export interface MemoryOfferWire {
   multicast?: { group: string };
 }
 
-export type SpawnTarget = { clone: number } | { helper: 'sf-pmix' | 'sockets' };
+export type SpawnTarget = { clone: number } | { helper: 'sf-pmix' };
 
 export type Message =
   | { t: 'challenge'; version: number; nonce: string }

@@ -35,8 +35,7 @@ describe('hosts: sfmpirun in a Slurm allocation of simulated hosts', function ()
       join(cluster.work, 'ring.sh'),
       [
         '#!/bin/sh',
-        // -v: the PMI server's lines, among them how each finalize barrier was released.
-        `${SFMPIRUN} -v --report ${cluster.work}/ring.json -np 12 ${program('ring', 'mpich')}`,
+        `${SFMPIRUN} --report ${cluster.work}/ring.json -np 12 ${program('ring', 'mpich')}`,
         'echo "ring status $?"',
         // Where each rank's clone is, as the rank sees it: its clone, its host's /run, its MTU.
         `${SFMPIRUN} --report ${cluster.work}/where.json -np 12 sh -c 'echo "where $PMI_RANK $(hostname) $(cat /run/sfho-host) $(cat /sys/class/net/eth0/mtu)"'`,
@@ -50,10 +49,6 @@ describe('hosts: sfmpirun in a Slurm allocation of simulated hosts', function ()
     expect(out, out).to.include('ring token 24 after 2 laps of 12 ranks');
     expect(out).to.include('ring status 0');
     expect(out).to.include('where status 0');
-    // The finalize stall (launcher/pmi/rank-probe.ts) is proven on every host, through each
-    // host's agent, never left to the watchdog.
-    expect(out, 'the watchdog released a barrier').to.not.match(/released by the finalize watchdog/);
-    if (/stall seen within/.test(out)) console.log('      (the finalize barrier was released on proof of the stall)');
 
     const ring = report('ring.json');
     expect(ring.exitCode).to.equal(0);

@@ -34,7 +34,7 @@ import type { Ticket } from '../../../src/ticket/ticket.js';
 import { processMapping } from '../../pmi/mapping.js';
 import { RankProbe } from '../../pmi/rank-probe.js';
 import { PmiServer } from '../../pmi/server.js';
-import { cloneHelper, processHelper } from '../../pmi/sockets.js';
+import { cloneHelper } from '../../pmi/sockets.js';
 import { OPENMPI_DIRECT_LAUNCH, openMpiJobDirs } from '../../pmix/openmpi.js';
 import { defaultBinary, type JobSpec as PmixJobSpec } from '../../pmix/server.js';
 import { PmixJob, type PmixHost } from '../../pmix/servers.js';
@@ -164,19 +164,17 @@ export class ProcessManagers {
   }
 
   /**
-   * The finalize stall's probe (launcher/pmi/rank-probe.ts): this host's processes, and where
-   * ranks are not this process's descendants, native/sockets run there: in each VM clone that
-   * holds ranks (through its agent), or on each other host of a ticket over hosts (through that
-   * host's agent). Helpers start only once every rank has connected, never for a job of one rank
-   * (server.ts).
+   * The finalize stall's probe (launcher/pmi/rank-probe.ts): this host's processes, and for VM
+   * clones on this host the guests that hold ranks, each looked at by native/sockets run there
+   * through its agent (started only once every rank has connected, never for a job of one rank:
+   * server.ts). Ranks on a ticket's other hosts stay unseen: a helper run there by its agent
+   * listed their PMI sockets, but never with the ends the server sees (tried, not kept).
    */
   private rankProbe(): RankProbe {
     const { plan, ticket, clones } = this.ctx;
-    const elsewhere =
-      ticket.provider === 'vm'
-        ? [...new Set(plan.placement)].sort((a, b) => a - b).map((c) => cloneHelper(clones[c]!))
-        : hostsOf(this.ctx).flatMap((h) => (h.spawnSockets ? [processHelper(h.spawnSockets)] : []));
-    return new RankProbe({ elsewhere });
+    const here = new Set(hostsOf(this.ctx).find((h) => h.local)?.clones ?? []);
+    const guests = ticket.provider === 'vm' ? [...new Set(plan.placement)].filter((c) => here.has(c)).sort((a, b) => a - b).map((c) => cloneHelper(clones[c]!)) : [];
+    return new RankProbe({ elsewhere: guests });
   }
 
   private async startPmix(): Promise<void> {
