@@ -25,9 +25,9 @@
  * their socket lines out, then a line holding only '.'. The PMI server keeps one such helper per
  * job, so that a look at its ranks costs no process start. A request of `~` means every process
  * below the one that started the helper (the helper excepted): where the launcher cannot name the
- * ranks' PIDs. Inside a VM clone (whose image carries this program at the same path) that is the
- * guest agent, PID 1, so every process of the guest; on a ticket's other host it is that host's
- * snowflock agent, so the job's processes there and nothing else of the host.
+ * ranks' PIDs, or to save itself the walk. Started by the launcher, that is the launcher's
+ * descendants (netns clones' ranks); inside a VM clone (whose image carries this program at the
+ * same path) it is the guest agent, PID 1, so every process of the guest.
  *
  * A process that is gone or not ours to look at is skipped with one line on stderr; the exit
  * status is 0 unless the arguments are wrong (2).

@@ -17,15 +17,14 @@
  * without error handling, which MPICH's are (wireup/select.c). So such bytes prove that the sender
  * is in its close and cannot arrive at the barrier until the barrier lets the blocked rank go.
  *
- * Ranks are looked for among this process's descendants (netns clones and host processes), and
- * wherever the probe was given a helper for (`elsewhere`): native/sockets in each VM clone through
- * its agent, or on each other host of a ticket through that host's snowflock agent, asked for the
- * processes below whoever started it (the guest's, or the job's on that host). Endpoints on the
- * ticket network are unique across clones and hosts, so sockets seen in different places are
- * matched as on one host. A rank found nowhere leaves the look not `visible`; it proves nothing
- * about that rank.
+ * Ranks are looked for below whoever started each native/sockets helper (its `~` request): on
+ * this host that is this process (netns clones and host processes), and the probe may be given
+ * helpers elsewhere (`elsewhere`): in each VM clone through its agent, so the guest's processes.
+ * Endpoints on the ticket network are unique across clones, so sockets seen in different guests
+ * are matched as on one host. A rank found nowhere (on another host of the ticket) leaves the
+ * look not `visible`; it proves nothing about that rank.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { SocketLister, socketsHelper, TCP_ESTABLISHED, type HelperStarter, type HeldSocket } from './sockets.js';
 
 /** A rank's PMI connection, as canonical endpoints (sockets.ts `endpoint`). */
@@ -58,19 +57,21 @@ interface RankProcess {
   start: string;
 }
 
-/** Where rank processes may be: this host's /proc below `ancestor`, or below a helper's starter elsewhere. */
+/**
+ * Where rank processes may be: below whoever started each helper (native/sockets `~`). On this
+ * host that is this process, and /proc tells besides whether a PID was reused and how much a rank
+ * reads and writes; elsewhere only the sockets are seen.
+ */
 interface Space {
   lister: SocketLister;
   host: boolean;
 }
 
 export interface RankProbeOptions {
-  /** native/sockets on this host. */
+  /** native/sockets on this host (it lists the processes below this one). */
   helper?: string;
-  /** Ranks on this host are descendants of this process. */
-  ancestor?: number;
   proc?: string;
-  /** One helper per place elsewhere that may hold ranks: a VM clone, another host of the ticket. */
+  /** One helper per place elsewhere that may hold ranks: a VM clone on this host. */
   elsewhere?: HelperStarter[];
 }
 
@@ -86,11 +87,9 @@ export class RankProbe {
   private scan: Promise<void> | null = null;
   private lastScan = -Infinity;
   private readonly spaces: Space[];
-  private readonly ancestor: number;
   private readonly proc: string;
 
   constructor(opts: RankProbeOptions = {}) {
-    this.ancestor = opts.ancestor ?? process.pid;
     this.proc = opts.proc ?? '/proc';
     this.spaces = [{ lister: new SocketLister(opts.helper ?? socketsHelper()), host: true }, ...(opts.elsewhere ?? []).map((g) => ({ lister: new SocketLister(g), host: false }))];
   }
@@ -183,7 +182,7 @@ export class RankProbe {
     const now = performance.now();
     for (const r of ranks) {
       const p = this.processes.get(r);
-      // Another machine's /proc is not ours to read: there only PMI traffic tells (barrier.ts).
+      // A guest's /proc is not ours to read: there only PMI traffic tells (barrier.ts).
       if (!p || !this.spaces[p.space]!.host) continue;
       const io = procText(`${this.proc}/${p.pid}/io`);
       // A rank spinning in ucp_worker_progress moves no bytes and makes no read or write calls.
@@ -195,7 +194,7 @@ export class RankProbe {
     }
   }
 
-  /** Matches the rank end of each tracked PMI connection to a socket some descendant holds. */
+  /** Matches the rank end of each tracked PMI connection to a socket a process below a helper's starter holds. */
   private async resolve(): Promise<void> {
     const wanted = new Map<string, number>();
     for (const [r, c] of this.connections) {
@@ -206,31 +205,13 @@ export class RankProbe {
     if (wanted.size === 0) return;
     await Promise.all(
       this.spaces.map(async (space, i) => {
-        const sockets = await space.lister.list(space.host ? this.descendants() : 'below');
+        const sockets = await space.lister.list('below');
         for (const s of sockets) {
           const r = wanted.get(`${s.local} ${s.remote}`);
           if (r !== undefined && !this.processes.has(r)) this.processes.set(r, { space: i, pid: s.pid, start: space.host ? startOf(s.pid, this.proc) : '' });
         }
       }),
     );
-  }
-
-  /** PIDs of every process below `ancestor`. */
-  private descendants(): number[] {
-    const children = new Map<number, number[]>();
-    for (const pid of processIds(this.proc)) {
-      const ppid = parseStat(procText(`${this.proc}/${pid}/stat`))?.ppid;
-      if (ppid !== undefined) children.set(ppid, [...(children.get(ppid) ?? []), pid]);
-    }
-    const out: number[] = [];
-    const queue = [this.ancestor];
-    while (queue.length > 0) {
-      for (const c of children.get(queue.shift()!) ?? []) {
-        out.push(c);
-        queue.push(c);
-      }
-    }
-    return out;
   }
 }
 
@@ -240,14 +221,6 @@ function procText(path: string): string {
     return readFileSync(path, 'latin1');
   } catch {
     return '';
-  }
-}
-
-function processIds(proc: string): number[] {
-  try {
-    return readdirSync(proc).filter((e) => /^\d+$/.test(e)).map(Number);
-  } catch {
-    return [];
   }
 }
 

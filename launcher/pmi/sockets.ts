@@ -78,7 +78,7 @@ const MAX_STARTS = 3;
 
 /**
  * PIDs, or 'below': every process below the one that started the helper (native/sockets.c `~`):
- * a VM guest's processes, or the job's on another host, whose PIDs the launcher cannot name.
+ * on this host the launcher's descendants, in a VM guest every process there.
  */
 export type Wanted = number[] | 'below';
 
@@ -115,9 +115,9 @@ export function hostHelper(helper = socketsHelper()): HelperStarter {
 }
 
 /**
- * The helper as a process started elsewhere: in a clone through its agent (a VM guest image of an
- * MPICH job carries it at its host path: src/image/index.ts), or on another host of the ticket
- * by that host's snowflock agent. What it writes on stderr (processes it skipped) is dropped.
+ * The helper as a process started elsewhere, e.g. in a clone through its agent (a VM guest image
+ * of an MPICH job carries it at its host path: src/image/index.ts). What it writes on stderr
+ * (processes it skipped) is dropped.
  */
 export function processHelper(start: () => CloneProcess): HelperStarter {
   return () => {

@@ -134,11 +134,11 @@ describe('rank probe and native/sockets', function () {
   it('finds ranks below a helper started elsewhere, whose PIDs it cannot name, and proves the stall there', async () => {
     const a = await rank(); // inside the barrier, reads nothing
     const sender = await rank(a.port, 25); // outside, sent 25 bytes a has not read
-    // No rank below `ancestor`: a VM's ranks are not this process's children. "Elsewhere" is a
-    // helper asked for the processes below the one that started it (this test process, as a
+    // This host's own look sees nothing (its helper is missing), as for ranks in a VM. "Elsewhere"
+    // is a helper asked for the processes below the one that started it (this test process, as a
     // guest's agent or another host's), as native/sockets is inside a clone.
-    const probe = new RankProbe({ ancestor: -1, elsewhere: [hostHelper()] });
-    const blind = new RankProbe({ ancestor: -1 });
+    const probe = new RankProbe({ helper: '/nonexistent/sockets', elsewhere: [hostHelper()] });
+    const blind = new RankProbe({ helper: '/nonexistent/sockets' });
     for (const p of [probe, blind]) {
       p.track(0, tracked(a.conn));
       p.track(1, tracked(sender.conn));
