@@ -1,10 +1,11 @@
 /**
  * The MPICH/UCX finalize stall over many rings (issue 8, finding 6): `--rings N` runs of
- * `sfmpirun --provider netns -v -np 4 ring` (or `--provider vm`: VM clones) from this tree, and with `--baseline DIR` as many of
- * another tree's sfmpirun (e.g. the commit before the fix, built), run in turn (A B A B ...), so
- * that the machine's drift hits both alike. For each run: wall time, the run phase of --report,
- * whether the watchdog released a barrier, whether the PMI server released one on proof and how
- * soon it saw the stall, and whether every rank's output is complete. Prints JSON and a table.
+ * `sfmpirun --provider netns -v -np 4 ring` (or `--provider vm`: VM clones) from this tree, and
+ * with `--baseline DIR` as many of another tree's sfmpirun (e.g. the commit before the fix,
+ * built), run in turn (A B A B ...), so that the machine's drift hits both alike. For each run:
+ * wall time, the run phase of --report, whether the watchdog released a barrier, whether the PMI
+ * server released one on proof and how soon it saw the stall, and whether every rank's output is
+ * complete. Prints JSON and a table.
  *
  *   npm run build && node dist/benchmarks/finalize-stall.js --rings 100 [--provider vm] [--baseline /path/to/old/tree] [--results]
  *

@@ -97,7 +97,8 @@ export async function benchTraffic(rounds = 5, baseline?: string): Promise<{ whe
   const vms: PingPongPoint[][] = [];
   const oldVms: PingPongPoint[][] = [];
   for (let i = 0; i < Math.min(rounds, VM_ROUNDS); i++) {
-    const pair: [PingPongPoint[][], string[]][] = [[vms, [process.execPath, dist, ...vmArgs]], ...(baseline ? [[oldVms, [process.execPath, baseline, ...vmArgs]] as [PingPongPoint[][], string[]]] : [])];
+    const pair: [PingPongPoint[][], string[]][] = [[vms, [process.execPath, dist, ...vmArgs]]];
+    if (baseline) pair.push([oldVms, [process.execPath, baseline, ...vmArgs]]);
     for (const [into, argv] of i % 2 === 0 ? pair : [...pair].reverse()) into.push(runOnce(argv));
     process.stderr.write(`bench traffic: VM round ${i + 1}\n`);
   }

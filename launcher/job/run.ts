@@ -245,8 +245,8 @@ async function teardown(r: Running, keep: boolean): Promise<void> {
   await r.pms?.close(keep);
   const ticket = r.ticket;
   if (!ticket) return;
-  const figures = r.engine.memoryFigures?.bind(r.engine);
-  if (r.job.reportFile && r.clones.length && figures) r.memory = await readSettled(() => figures(ticket)).catch(() => null);
+  const engine = r.engine;
+  if (r.job.reportFile && r.clones.length && engine.memoryFigures) r.memory = await readSettled(() => engine.memoryFigures!(ticket)).catch(() => null);
   if (keep) {
     writeLine(
       r.io.stderr,
